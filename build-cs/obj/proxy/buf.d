@@ -1,0 +1,2 @@
+build-cs/obj/proxy/buf.o: proxy/buf.c proxy/buf.h
+proxy/buf.h:

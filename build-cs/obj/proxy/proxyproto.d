@@ -1,0 +1,2 @@
+build-cs/obj/proxy/proxyproto.o: proxy/proxyproto.c proxy/proxyproto.h
+proxy/proxyproto.h:

@@ -1,0 +1,136 @@
+/* index.c: the static name → candidate pairs hash index (one for exact names, one for wildcard
+ * suffixes). Built once per snapshot, then only read, from any thread, without locks.
+ *
+ * Open addressing with linear probing over a slot array of 32-bit entry numbers at most half
+ * full: a lookup is one hash over the name, usually one slot and one memcmp, and the whole
+ * table costs ~8 bytes of slots + 24 bytes of entry + the name per name, so 100,000 names stay
+ * in a few MB and never rehash (the table is built at its final size). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "certstore/internal.h"
+
+/* FNV-1a, then a 64-bit finaliser so that names differing only at the end still spread over
+ * the low bits the mask keeps. The table is built from the operator's names, so a client can
+ * choose what it looks up but not how the table is laid out: no keyed hash is needed. */
+uint64_t cs_name_hash(const char *name, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)name[i];
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h;
+}
+
+static int input_cmp(const void *a, const void *b)
+{
+    const struct cs_index_input *x = a, *y = b;
+    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
+    int c = memcmp(x->name, y->name, n);
+    if (c)
+        return c;
+    if (x->name_len != y->name_len)
+        return x->name_len < y->name_len ? -1 : 1;
+    if (x->pair->key_type != y->pair->key_type)
+        return x->pair->key_type < y->pair->key_type ? -1 : 1;
+    if (x->pair->not_after != y->pair->not_after)
+        return x->pair->not_after > y->pair->not_after ? -1 : 1;
+    /* Same name, type and expiry: any stable order will do, but equal pairs must end up next
+     * to each other so that duplicates (a name listed twice) collapse. */
+    if (x->pair != y->pair)
+        return (uintptr_t)x->pair < (uintptr_t)y->pair ? -1 : 1;
+    return 0;
+}
+
+int cs_index_build(struct cs_index *index, struct cs_index_input *in, size_t n)
+{
+    size_t n_entries = 0, n_cands = 0, arena = 0, slots = 8;
+
+    memset(index, 0, sizeof(*index));
+    if (n >= UINT32_MAX / 2)
+        return -E2BIG;
+    qsort(in, n, sizeof(*in), input_cmp);
+
+    for (size_t i = 0; i < n; i++) {
+        bool same_name = i > 0 && in[i].name_len == in[i - 1].name_len &&
+                         memcmp(in[i].name, in[i - 1].name, in[i].name_len) == 0;
+        if (same_name && in[i].pair == in[i - 1].pair)
+            continue;
+        n_cands++;
+        if (!same_name) {
+            n_entries++;
+            arena += in[i].name_len + 1;
+        }
+    }
+    if (arena > UINT32_MAX)
+        return -E2BIG;
+    while (slots < n_entries * 2)
+        slots *= 2;
+
+    index->slots = calloc(slots, sizeof(*index->slots));
+    index->entries = malloc((n_entries ? n_entries : 1) * sizeof(*index->entries));
+    index->cands = malloc((n_cands ? n_cands : 1) * sizeof(*index->cands));
+    index->names = malloc(arena ? arena : 1);
+    if (!index->slots || !index->entries || !index->cands || !index->names) {
+        cs_index_free(index);
+        return -ENOMEM;
+    }
+    index->mask = slots - 1;
+
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool same_name = i > 0 && in[i].name_len == in[i - 1].name_len &&
+                         memcmp(in[i].name, in[i - 1].name, in[i].name_len) == 0;
+        if (same_name && in[i].pair == in[i - 1].pair)
+            continue;
+        if (!same_name) {
+            struct cs_index_entry *e = &index->entries[index->n_entries];
+            e->hash = cs_name_hash(in[i].name, in[i].name_len);
+            e->name = (uint32_t)at;
+            e->name_len = in[i].name_len;
+            e->first = (uint32_t)index->n_cands;
+            e->count = 0;
+            memcpy(index->names + at, in[i].name, in[i].name_len);
+            index->names[at + in[i].name_len] = '\0';
+            at += in[i].name_len + 1;
+
+            size_t s = e->hash & index->mask;
+            while (index->slots[s])
+                s = (s + 1) & index->mask;
+            index->slots[s] = (uint32_t)(++index->n_entries);
+        }
+        index->cands[index->n_cands++] = in[i].pair;
+        index->entries[index->n_entries - 1].count++;
+    }
+    return 0;
+}
+
+void cs_index_free(struct cs_index *index)
+{
+    free(index->slots);
+    free(index->entries);
+    free(index->cands);
+    free(index->names);
+    memset(index, 0, sizeof(*index));
+}
+
+const struct cs_index_entry *cs_index_find(const struct cs_index *index, const char *name,
+                                           size_t len)
+{
+    if (!index->slots || index->n_entries == 0)
+        return NULL;
+    uint64_t h = cs_name_hash(name, len);
+    for (size_t s = h & index->mask;; s = (s + 1) & index->mask) {
+        uint32_t v = index->slots[s];
+        if (!v)
+            return NULL;
+        const struct cs_index_entry *e = &index->entries[v - 1];
+        if (e->hash == h && e->name_len == len && memcmp(index->names + e->name, name, len) == 0)
+            return e;
+    }
+}

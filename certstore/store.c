@@ -1,0 +1,680 @@
+/* store.c: builds a snapshot from the config, hands out references to it, publishes it, and
+ * answers lookups and --certs from it. */
+#include <errno.h>
+#include <dirent.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "certstore/internal.h"
+#include "conf/conf.h"
+
+struct cs_store {
+    atomic_uint refs;
+    struct cs_pair *def;                  /* also in pairs[] */
+    struct cs_pair **pairs;               /* one reference each */
+    size_t n_pairs;
+    struct cs_index exact, wild;          /* wild is keyed by the suffix after "*." */
+    struct cs_stats stats;
+};
+
+void cs_msg_add(struct cs_msg *msg, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || !msg)
+        return;
+    if (msg->len + (size_t)n + 1 > msg->cap) {
+        size_t cap = msg->cap ? msg->cap : 256;
+        while (cap < msg->len + (size_t)n + 1)
+            cap *= 2;
+        char *buf = realloc(msg->buf, cap);
+        if (!buf)
+            return;                       /* a lost message beats a lost build */
+        msg->buf = buf;
+        msg->cap = cap;
+    }
+    va_start(ap, fmt);
+    vsnprintf(msg->buf + msg->len, msg->cap - msg->len, fmt, ap);
+    va_end(ap);
+    msg->len += (size_t)n;
+}
+
+static void date(time_t t, char out[16])
+{
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || !strftime(out, 16, "%Y-%m-%d", &tm))
+        snprintf(out, 16, "?");
+}
+
+/* ---- a map from (cert path, key path) to pair, for sharing across and within builds ---- */
+
+struct pairmap {
+    struct cs_pair **slots;
+    size_t mask, n;
+};
+
+static uint64_t paths_hash(const char *cert, const char *key)
+{
+    uint64_t a = cs_name_hash(cert, strlen(cert)), b = cs_name_hash(key, strlen(key));
+    return a ^ (b * 0x9e3779b97f4a7c15ull);
+}
+
+static struct cs_pair *pairmap_get(const struct pairmap *m, const char *cert, const char *key)
+{
+    if (!m->slots)
+        return NULL;
+    for (size_t s = paths_hash(cert, key) & m->mask; m->slots[s]; s = (s + 1) & m->mask) {
+        struct cs_pair *p = m->slots[s];
+        if (strcmp(p->paths, cert) == 0 && strcmp(p->key_path, key) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+static void pairmap_place(struct pairmap *m, struct cs_pair *p)
+{
+    size_t s = paths_hash(p->paths, p->key_path) & m->mask;
+    while (m->slots[s])
+        s = (s + 1) & m->mask;
+    m->slots[s] = p;
+    m->n++;
+}
+
+static int pairmap_put(struct pairmap *m, struct cs_pair *p)
+{
+    if (!m->slots || (m->n + 1) * 2 > m->mask + 1) {
+        size_t cap = m->slots ? (m->mask + 1) * 2 : 64;
+        struct pairmap bigger = { calloc(cap, sizeof(*bigger.slots)), cap - 1, 0 };
+        if (!bigger.slots)
+            return -ENOMEM;
+        for (size_t i = 0; m->slots && i <= m->mask; i++)
+            if (m->slots[i])
+                pairmap_place(&bigger, m->slots[i]);
+        free(m->slots);
+        *m = bigger;
+    }
+    pairmap_place(m, p);
+    return 0;
+}
+
+/* ---- the build ---- */
+
+struct name_ref {
+    size_t off;                           /* into build.names */
+    uint32_t len;
+    bool wild;
+    struct cs_pair *pair;
+};
+
+struct build {
+    const struct conf *conf;
+    struct cs_store *prev;
+    struct pairmap prev_map;
+    struct pairmap map;                   /* this build's pairs, one reference each */
+    struct cs_interner *interner;
+    struct cs_msg errors, warnings;
+    char *names;                          /* normalised names, back to back */
+    size_t names_len, names_cap;
+    struct name_ref *refs;
+    size_t n_refs, refs_cap;
+    struct cs_stats stats;
+    bool oom;
+};
+
+/* Returns a new reference to the pair for CERT/KEY: one already taken in this build, the
+ * previous snapshot's when its files have not changed, or a freshly loaded one. */
+static int pair_get(struct build *b, const char *cert, const char *key, struct cs_pair **out,
+                    char *reason, size_t reason_len)
+{
+    struct cs_pair *p = pairmap_get(&b->map, cert, key);
+    if (p) {
+        cs_pair_ref(p);
+        *out = p;
+        return 0;
+    }
+    p = pairmap_get(&b->prev_map, cert, key);
+    if (p) {
+        struct cs_file_id c, k;
+        if (cs_file_id_of(cert, &c) == 0 && cs_file_id_of(key, &k) == 0 &&
+            cs_file_id_eq(&c, &p->cert_id) && cs_file_id_eq(&k, &p->key_id)) {
+            cs_pair_ref(p);
+            *out = p;
+            return 0;
+        }
+    }
+    return cs_pair_load(b->interner, cert, key, out, reason, reason_len, &b->warnings);
+}
+
+/* Makes P (a reference from pair_get) part of the snapshot, or drops the extra reference when
+ * it already is. */
+static int pair_commit(struct build *b, struct cs_pair *p)
+{
+    if (pairmap_get(&b->map, p->paths, p->key_path) == p) {
+        cs_pair_unref(p);
+        return 0;
+    }
+    if (pairmap_put(&b->map, p) < 0) {
+        cs_pair_unref(p);
+        b->oom = true;
+        return -ENOMEM;
+    }
+    struct cs_pair *old = pairmap_get(&b->prev_map, p->paths, p->key_path);
+    if (!old)
+        b->stats.pairs_added++;
+    else if (old != p)
+        b->stats.pairs_changed++;
+    return 0;
+}
+
+static void name_add(struct build *b, const char *name, size_t len, struct cs_pair *pair)
+{
+    bool wild = len > 2 && name[0] == '*';
+    if (wild) {
+        name += 2;
+        len -= 2;
+    }
+    if (b->names_len + len > b->names_cap) {
+        size_t cap = b->names_cap ? b->names_cap * 2 : 4096;
+        while (cap < b->names_len + len)
+            cap *= 2;
+        char *n = realloc(b->names, cap);
+        if (!n) {
+            b->oom = true;
+            return;
+        }
+        b->names = n;
+        b->names_cap = cap;
+    }
+    if (b->n_refs == b->refs_cap) {
+        size_t cap = b->refs_cap ? b->refs_cap * 2 : 256;
+        struct name_ref *r = realloc(b->refs, cap * sizeof(*r));
+        if (!r) {
+            b->oom = true;
+            return;
+        }
+        b->refs = r;
+        b->refs_cap = cap;
+    }
+    memcpy(b->names + b->names_len, name, len);
+    b->refs[b->n_refs++] = (struct name_ref){ b->names_len, (uint32_t)len, wild, pair };
+    b->names_len += len;
+}
+
+struct cert_names {
+    struct build *b;
+    struct cs_pair *pair;
+    size_t n;
+};
+
+static void cert_name_cb(void *arg, const char *name, size_t len)
+{
+    struct cert_names *cn = arg;
+    name_add(cn->b, name, len, cn->pair);
+    cn->n++;
+}
+
+static size_t names_from_cert(struct build *b, struct cs_pair *p, const char *where)
+{
+    struct cert_names cn = { b, p, 0 };
+    size_t bad = cs_pair_cert_names(p, cert_name_cb, &cn);
+    if (bad)
+        cs_msg_add(&b->warnings, "%s: ignored %zu invalid DNS name(s) in the certificate\n",
+                   where, bad);
+    return cn.n;
+}
+
+static const char *conf_path(const struct conf *conf)
+{
+    return conf->path ? conf->path : "(config)";
+}
+
+/* The default pair's errors carry line 0: struct conf does not record where tls = { } was. */
+static void load_default(struct build *b)
+{
+    const struct conf *conf = b->conf;
+    char reason[512];
+    struct cs_pair *p;
+
+    if (!conf->tls.default_cert || !conf->tls.default_key) {
+        cs_msg_add(&b->errors, "%s:0: tls.default_cert and tls.default_key are required\n",
+                   conf_path(conf));
+        return;
+    }
+    if (pair_get(b, conf->tls.default_cert, conf->tls.default_key, &p, reason,
+                 sizeof(reason)) < 0) {
+        cs_msg_add(&b->errors, "%s:0: %s\n", conf_path(conf), reason);
+        return;
+    }
+    /* Its own names are indexed like any pair's, so a client asking for the server's own name
+     * is told "exact", not "default". */
+    if (pair_commit(b, p) == 0)
+        names_from_cert(b, p, conf->tls.default_cert);
+}
+
+static void load_explicit(struct build *b, const struct conf_cert *c)
+{
+    const struct conf *conf = b->conf;
+    char reason[512], norm[CS_NAME_MAX + 1];
+    struct cs_pair *p;
+
+    if (!c->cert || !c->key) {
+        cs_msg_add(&b->errors, "%s:%d: a certificate entry needs both cert and key\n",
+                   conf_path(conf), c->line);
+        return;
+    }
+    for (size_t i = 0; i < c->n_names; i++) {
+        const char *n = c->names[i] ? c->names[i] : "";
+        if (cs_name_normalize(n, strlen(n), true, norm) < 0) {
+            cs_msg_add(&b->errors, "%s:%d: invalid name \"%.*s\"\n", conf_path(conf), c->line,
+                       CS_NAME_MAX, n);
+            return;
+        }
+    }
+    if (pair_get(b, c->cert, c->key, &p, reason, sizeof(reason)) < 0) {
+        cs_msg_add(&b->errors, "%s:%d: %s\n", conf_path(conf), c->line, reason);
+        return;
+    }
+    if (pair_commit(b, p) < 0)
+        return;
+    if (c->names && c->n_names) {
+        for (size_t i = 0; i < c->n_names; i++) {
+            int n = cs_name_normalize(c->names[i], strlen(c->names[i]), true, norm);
+            name_add(b, norm, (size_t)n, p);
+        }
+    } else if (names_from_cert(b, p, c->cert) == 0) {
+        cs_msg_add(&b->warnings, "%s: no usable DNS name in the certificate; give it names\n",
+                   c->cert);
+    }
+}
+
+static int skip_dots(const struct dirent *d)
+{
+    return d->d_name[0] != '.';
+}
+
+/* certbot's layout: DIR/NAME/{fullchain,privkey}.pem, where the files are symlinks into
+ * ../../archive/NAME/. stat() and open() follow them; a README or stray file is passed over. */
+static void load_dir(struct build *b, const char *dir)
+{
+    struct dirent **ents = NULL;
+    int n = scandir(dir, &ents, skip_dots, alphasort);
+    if (n < 0) {
+        cs_msg_add(&b->errors, "%s:0: cert_dirs: cannot read %s: %s\n", conf_path(b->conf), dir,
+                   strerror(errno));
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        char sub[PATH_MAX - 32], cert[PATH_MAX], key[PATH_MAX], reason[512];
+        struct stat st;
+        struct cs_pair *p;
+        const char *name = ents[i]->d_name;
+
+        if ((size_t)snprintf(sub, sizeof(sub), "%s/%s", dir, name) >= sizeof(sub) ||
+            stat(sub, &st) < 0 || !S_ISDIR(st.st_mode))
+            continue;
+        snprintf(cert, sizeof(cert), "%s/fullchain.pem", sub);
+        snprintf(key, sizeof(key), "%s/privkey.pem", sub);
+        if (pair_get(b, cert, key, &p, reason, sizeof(reason)) < 0) {
+            cs_msg_add(&b->warnings, "%s: skipped: %s\n", sub, reason);
+            b->stats.skipped++;
+            continue;
+        }
+        size_t before = b->n_refs;
+        if (names_from_cert(b, p, cert) == 0) {
+            b->n_refs = before;
+            cs_pair_unref(p);
+            cs_msg_add(&b->warnings, "%s: skipped: no usable DNS name in the certificate\n", sub);
+            b->stats.skipped++;
+            continue;
+        }
+        pair_commit(b, p);
+    }
+    for (int i = 0; i < n; i++)
+        free(ents[i]);
+    free(ents);
+}
+
+static void store_free(struct cs_store *s)
+{
+    for (size_t i = 0; i < s->n_pairs; i++)
+        cs_pair_unref(s->pairs[i]);
+    free(s->pairs);
+    cs_index_free(&s->exact);
+    cs_index_free(&s->wild);
+    free(s);
+}
+
+static int index_names(struct build *b, struct cs_index *index, bool wild)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < b->n_refs; i++)
+        n += b->refs[i].wild == wild;
+    struct cs_index_input *in = malloc((n ? n : 1) * sizeof(*in));
+    if (!in)
+        return -ENOMEM;
+    n = 0;
+    for (size_t i = 0; i < b->n_refs; i++)
+        if (b->refs[i].wild == wild)
+            in[n++] = (struct cs_index_input){ b->names + b->refs[i].off, b->refs[i].len,
+                                               b->refs[i].pair };
+    int rc = cs_index_build(index, in, n);
+    free(in);
+    return rc;
+}
+
+static void warn_validity(struct build *b, const struct cs_pair *p, time_t now)
+{
+    char d[16];
+    if (now < p->not_before) {
+        date(p->not_before, d);
+        cs_msg_add(&b->warnings, "%s: not valid before %s; served only when nothing valid "
+                   "matches\n", p->paths, d);
+    } else if (now > p->not_after) {
+        date(p->not_after, d);
+        cs_msg_add(&b->warnings, "%s: expired on %s; served only when nothing valid matches\n",
+                   p->paths, d);
+    }
+}
+
+int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs_store **out,
+                   char **errors, char **warnings)
+{
+    struct build b = { .conf = conf, .prev = previous };
+    struct cs_store *s = NULL;
+    int rc = -ENOMEM;
+
+    *out = NULL;
+    *errors = NULL;
+    *warnings = NULL;
+    b.interner = cs_interner_new();
+    if (!b.interner)
+        goto fail;
+    for (size_t i = 0; previous && i < previous->n_pairs; i++)
+        if (pairmap_put(&b.prev_map, previous->pairs[i]) < 0 ||
+            cs_interner_seed(b.interner, previous->pairs[i]->chain) < 0)
+            goto fail;
+
+    load_default(&b);
+    struct cs_pair *def = conf->tls.default_cert && conf->tls.default_key
+                              ? pairmap_get(&b.map, conf->tls.default_cert, conf->tls.default_key)
+                              : NULL;
+    for (size_t i = 0; i < conf->n_certs; i++)
+        load_explicit(&b, &conf->certs[i]);
+    for (size_t i = 0; i < conf->n_cert_dirs; i++)
+        load_dir(&b, conf->cert_dirs[i]);
+    if (b.oom)
+        goto fail;
+    if (b.errors.len) {
+        rc = -EINVAL;
+        goto fail;
+    }
+
+    for (size_t i = 0; previous && i < previous->n_pairs; i++) {
+        const struct cs_pair *p = previous->pairs[i];
+        if (!pairmap_get(&b.map, p->paths, p->key_path))
+            b.stats.pairs_removed++;
+    }
+
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        goto fail;
+    atomic_init(&s->refs, 1);
+    s->pairs = malloc((b.map.n ? b.map.n : 1) * sizeof(*s->pairs));
+    if (!s->pairs)
+        goto fail;
+    time_t now = time(NULL);
+    for (size_t i = 0; b.map.slots && i <= b.map.mask; i++) {
+        struct cs_pair *p = b.map.slots[i];
+        if (!p)
+            continue;
+        s->pairs[s->n_pairs++] = p;
+        b.map.slots[i] = NULL;            /* the store owns the reference now */
+        warn_validity(&b, p, now);
+    }
+    b.map.n = 0;
+    s->def = def;
+    if (index_names(&b, &s->exact, false) < 0 || index_names(&b, &s->wild, true) < 0)
+        goto fail;
+
+    b.stats.pairs = s->n_pairs;
+    b.stats.exact_names = s->exact.n_entries;
+    b.stats.wildcard_names = s->wild.n_entries;
+    s->stats = b.stats;
+    *out = s;
+    s = NULL;
+    rc = 0;
+fail:
+    if (s)
+        store_free(s);
+    for (size_t i = 0; b.map.slots && i <= b.map.mask; i++)
+        cs_pair_unref(b.map.slots[i]);
+    free(b.map.slots);
+    free(b.prev_map.slots);
+    cs_interner_free(b.interner);
+    free(b.names);
+    free(b.refs);
+    if (rc == -ENOMEM && !b.errors.len)
+        cs_msg_add(&b.errors, "%s:0: out of memory while loading certificates\n",
+                   conf_path(conf));
+    *errors = b.errors.buf;
+    *warnings = b.warnings.buf;
+    return rc;
+}
+
+void cs_store_ref(struct cs_store *store)
+{
+    atomic_fetch_add_explicit(&store->refs, 1, memory_order_relaxed);
+}
+
+void cs_store_unref(struct cs_store *store)
+{
+    if (store && atomic_fetch_sub_explicit(&store->refs, 1, memory_order_acq_rel) == 1)
+        store_free(store);
+}
+
+void cs_store_stats(const struct cs_store *store, struct cs_stats *stats)
+{
+    *stats = store->stats;
+}
+
+/* ---- lookup ---- */
+
+/* Takes, for each key type, the first candidate of E that suits (candidates are sorted latest
+ * not-after first, so that is the best one). Returns whether it took any. */
+static bool take(const struct cs_index *index, const struct cs_index_entry *e, time_t now,
+                 bool valid_only, struct cs_match *match)
+{
+    bool any = false;
+    if (!e)
+        return false;
+    for (uint32_t i = 0; i < e->count; i++) {
+        const struct cs_pair *p = index->cands[e->first + i];
+        if (valid_only && !cs_pair_valid_at(p, now))
+            continue;
+        if (!match->pair[p->key_type])
+            match->pair[p->key_type] = p;
+        any = true;
+    }
+    return any;
+}
+
+/* The order is the SPEC's: valid exact, valid wildcard, expired exact, expired wildcard, default.
+ * At a "valid" step only the valid pairs are installed, even if that leaves a key type out: a
+ * client that could use either would otherwise be handed the expired one when it lists that
+ * signature algorithm first. */
+void cs_store_lookup_normalized(const struct cs_store *store, const char *name, size_t len,
+                                time_t now, struct cs_match *match)
+{
+    memset(match, 0, sizeof(*match));
+    if (name) {
+        const struct cs_index_entry *e = cs_index_find(&store->exact, name, len), *w = NULL;
+        const char *dot = memchr(name, '.', len);
+        if (dot)
+            w = cs_index_find(&store->wild, dot + 1, len - (size_t)(dot + 1 - name));
+        for (int valid = 1; valid >= 0; valid--) {
+            if (take(&store->exact, e, now, valid, match)) {
+                match->kind = CS_KIND_EXACT;
+                return;
+            }
+            if (take(&store->wild, w, now, valid, match)) {
+                match->kind = CS_KIND_WILDCARD;
+                return;
+            }
+        }
+        match->kind = CS_KIND_DEFAULT;
+    } else {
+        match->kind = CS_KIND_NONE;
+    }
+    if (store->def)
+        match->pair[store->def->key_type] = store->def;
+}
+
+void cs_store_lookup(const struct cs_store *store, const char *sni, size_t sni_len, time_t now,
+                     struct cs_match *match)
+{
+    char norm[CS_NAME_MAX + 1];
+    if (!sni) {
+        cs_store_lookup_normalized(store, NULL, 0, now, match);
+        return;
+    }
+    /* A name that is not a host name cannot match anything; it still counts as "sent a name". */
+    int n = cs_name_normalize(sni, sni_len, false, norm);
+    cs_store_lookup_normalized(store, n < 0 ? "" : norm, n < 0 ? 0 : (size_t)n, now, match);
+}
+
+const char *cs_pair_cert_path(const struct cs_pair *pair)
+{
+    return pair->paths;
+}
+
+enum cs_key_type cs_pair_key_type(const struct cs_pair *pair)
+{
+    return pair->key_type;
+}
+
+time_t cs_pair_not_after(const struct cs_pair *pair)
+{
+    return pair->not_after;
+}
+
+const char *cs_key_type_name(enum cs_key_type type)
+{
+    switch (type) {
+    case CS_KEY_ECDSA: return "ecdsa";
+    case CS_KEY_RSA: return "rsa";
+    default: return "other";
+    }
+}
+
+/* ---- --certs ---- */
+
+static void print_index(const struct cs_index *index, const char *prefix, const char *kind,
+                        FILE *out)
+{
+    char d[16];
+    for (size_t i = 0; i < index->n_entries; i++) {
+        const struct cs_index_entry *e = &index->entries[i];
+        for (uint32_t j = 0; j < e->count; j++) {
+            const struct cs_pair *p = index->cands[e->first + j];
+            date(p->not_after, d);
+            fprintf(out, "%s%s %s %s %s %s\n", prefix, index->names + e->name, kind, p->paths,
+                    cs_key_type_name(p->key_type), d);
+        }
+    }
+}
+
+#define CS_SOONEST 5
+
+void cs_store_print(const struct cs_store *store, FILE *out)
+{
+    char d[16];
+    print_index(&store->exact, "", "exact", out);
+    print_index(&store->wild, "*.", "wildcard", out);
+    if (store->def) {
+        date(store->def->not_after, d);
+        fprintf(out, "- default %s %s %s\n", store->def->paths,
+                cs_key_type_name(store->def->key_type), d);
+    }
+    fprintf(out, "# exact names: %zu, wildcard names: %zu, pairs: %zu, skipped: %zu\n",
+            store->stats.exact_names, store->stats.wildcard_names, store->stats.pairs,
+            store->stats.skipped);
+
+    /* A partial insertion sort keeps the five soonest without sorting every pair. */
+    const struct cs_pair *soon[CS_SOONEST];
+    size_t n = 0;
+    for (size_t i = 0; i < store->n_pairs; i++) {
+        const struct cs_pair *p = store->pairs[i];
+        size_t at = n;
+        while (at > 0 && soon[at - 1]->not_after > p->not_after)
+            at--;
+        if (at >= CS_SOONEST)
+            continue;
+        size_t last = n < CS_SOONEST ? n : CS_SOONEST - 1;
+        memmove(&soon[at + 1], &soon[at], (last - at) * sizeof(*soon));
+        soon[at] = p;
+        if (n < CS_SOONEST)
+            n++;
+    }
+    fprintf(out, "# soonest expiries:\n");
+    for (size_t i = 0; i < n; i++) {
+        date(soon[i]->not_after, d);
+        fprintf(out, "#   %s %s\n", d, soon[i]->paths);
+    }
+}
+
+/* ---- the published snapshot ---- */
+
+/* A mutex around "load the pointer, take a reference" is enough: the critical section is a load
+ * and one atomic increment, held for nanoseconds, once per handshake; the only writer swaps the
+ * pointer on reload and drops the old reference outside the lock. A lock-free scheme (hazard
+ * pointers, RCU) would save little and be far harder to get right. */
+struct cs_current {
+    pthread_mutex_t lock;
+    struct cs_store *store;
+};
+
+struct cs_current *cs_current_new(struct cs_store *store)
+{
+    struct cs_current *c = calloc(1, sizeof(*c));
+    if (!c) {
+        cs_store_unref(store);
+        return NULL;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    c->store = store;
+    return c;
+}
+
+void cs_current_free(struct cs_current *current)
+{
+    if (!current)
+        return;
+    cs_store_unref(current->store);
+    pthread_mutex_destroy(&current->lock);
+    free(current);
+}
+
+struct cs_store *cs_current_get(struct cs_current *current)
+{
+    pthread_mutex_lock(&current->lock);
+    struct cs_store *s = current->store;
+    if (s)
+        cs_store_ref(s);
+    pthread_mutex_unlock(&current->lock);
+    return s;
+}
+
+void cs_current_set(struct cs_current *current, struct cs_store *store)
+{
+    pthread_mutex_lock(&current->lock);
+    struct cs_store *old = current->store;
+    current->store = store;
+    pthread_mutex_unlock(&current->lock);
+    cs_store_unref(old);
+}

@@ -1,0 +1,115 @@
+/* conf: the libconfig file turned into plain C structs.
+ *
+ * Nothing of libconfig leaks past this header. Every value has been validated here, so the rest
+ * of the program never re-checks a port, an address or a timeout. Ownership: conf_load() returns
+ * one heap object; conf_free() releases it and everything it points to. */
+#ifndef MAILSNID_CONF_H
+#define MAILSNID_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+enum conf_proto { CONF_PROTO_IMAP, CONF_PROTO_POP3, CONF_PROTO_SMTP, CONF_PROTO_HTTP, CONF_PROTO_COUNT };
+enum conf_tls_mode { CONF_TLS_IMPLICIT, CONF_TLS_STARTTLS };
+enum conf_starttls { CONF_STARTTLS_OPTIONAL, CONF_STARTTLS_REQUIRED };
+enum conf_pp { CONF_PP_NONE, CONF_PP_V1, CONF_PP_V2 };
+enum conf_log_target { CONF_LOG_STDERR, CONF_LOG_SYSLOG };
+/* Same order and meaning as syslog priorities, so the logger can pass them straight on. */
+enum conf_log_level { CONF_LOG_ERR = 3, CONF_LOG_WARNING = 4, CONF_LOG_NOTICE = 5, CONF_LOG_INFO = 6, CONF_LOG_DEBUG = 7 };
+
+/* A parsed "host:port" ("1.2.3.4:993", "[::1]:993", "[::]:995"). */
+struct conf_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char text[64];              /* as written in the config, for logs */
+};
+
+/* A parsed "10.0.0.0/8" or "::1" (no prefix = host). */
+struct conf_cidr {
+    struct sockaddr_storage net; /* AF_INET or AF_INET6, port unused */
+    int prefix;
+};
+
+struct conf_listener {
+    char *name;
+    int line;                             /* where it was declared, for later messages */
+    struct conf_addr listen;
+    enum conf_proto proto;
+    enum conf_tls_mode tls;
+    enum conf_starttls starttls;          /* only meaningful with CONF_TLS_STARTTLS */
+    struct conf_addr *backends;           /* tried in order; at least one */
+    size_t n_backends;
+    enum conf_pp proxy_protocol;          /* header we send to the backend */
+    bool proxy_protocol_in;               /* header we accept from a load balancer */
+    struct conf_cidr *trusted;            /* sources allowed to send that header */
+    size_t n_trusted;
+    unsigned handshake_timeout_ms;        /* default 10 s (also bounds the PROXY header wait) */
+    unsigned connect_timeout_ms;          /* default 5 s */
+    unsigned idle_timeout_ms;             /* default by protocol: IMAP 30 min, POP3 10 min, SMTP 5 min, HTTP 2 min */
+    unsigned max_connections;             /* 0 = no per-listener limit */
+};
+
+struct conf_cert {
+    char *cert;                           /* PEM chain path */
+    char *key;                            /* PEM key path */
+    char **names;                         /* NULL when the names come from the certificate */
+    size_t n_names;
+    int line;
+};
+
+/* A per-name backend override. backends[p] is NULL (n_backends[p] == 0) when the route does not
+ * override protocol p. */
+struct conf_route {
+    char **names;                         /* lower-cased, trailing dot removed */
+    size_t n_names;
+    struct conf_addr *backends[CONF_PROTO_COUNT];
+    size_t n_backends[CONF_PROTO_COUNT];
+    bool has_proxy_protocol;              /* route sets its own proxy_protocol */
+    enum conf_pp proxy_protocol;
+    int line;
+};
+
+struct conf {
+    char *path;
+    unsigned workers;                     /* 0 = one per CPU core */
+    char *user, *group;                   /* NULL = keep running as we are */
+    enum conf_log_level log_level;        /* default info */
+    enum conf_log_target log_target;      /* default stderr */
+    bool has_admin;
+    struct conf_addr admin;
+    unsigned drain_timeout_s;             /* default 30 */
+    unsigned max_connections;             /* global; default 0 = unlimited */
+
+    struct {
+        char *default_cert, *default_key; /* required */
+        int min_version;                  /* TLS1_2_VERSION (default) or TLS1_3_VERSION */
+        char *ciphers;                    /* NULL = our modern default */
+        char *ciphersuites;               /* NULL = OpenSSL's TLS 1.3 default */
+        char *ticket_keys;                /* NULL = none */
+    } tls;
+
+    struct conf_cert *certs;
+    size_t n_certs;
+    char **cert_dirs;
+    size_t n_cert_dirs;
+    struct conf_listener *listeners;
+    size_t n_listeners;
+    struct conf_route *routes;
+    size_t n_routes;
+};
+
+/* Reads and validates PATH. On success returns 0 and sets *out. On failure returns -EINVAL (or
+ * -errno when the file cannot be read), sets *out = NULL and sets *errors to a heap string of one
+ * or more "FILE:LINE: reason\n" lines (the caller frees it). Never exits, never prints. */
+int conf_load(const char *path, struct conf **out, char **errors);
+void conf_free(struct conf *conf);
+
+/* Parses "host:port" / "[v6]:port" into ADDR. Returns 0 or -EINVAL. Used by conf and tests. */
+int conf_parse_addr(const char *text, struct conf_addr *addr);
+/* Does ADDR (an AF_INET/AF_INET6 sockaddr) fall in CIDR? IPv4-mapped IPv6 addresses count as IPv4. */
+bool conf_cidr_match(const struct conf_cidr *cidr, const struct sockaddr *addr);
+
+const char *conf_proto_name(enum conf_proto proto);
+
+#endif

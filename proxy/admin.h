@@ -1,0 +1,11 @@
+/* admin: the operator's HTTP endpoint (config `admin`): GET /metrics (Prometheus text) and
+ * GET /healthz (200, or 503 once a drain has begun). Runs on the control loop. */
+#ifndef MAILSNID_ADMIN_H
+#define MAILSNID_ADMIN_H
+
+#include "proxy/server.h"
+
+int admin_start(struct server *srv);
+void admin_stop(struct server *srv);
+
+#endif

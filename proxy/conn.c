@@ -1,0 +1,589 @@
+/* The connection's skeleton: accept, the read and write plumbing shared by every phase, the
+ * timer, and the one teardown path (conn_close) that logs the connection exactly once. */
+#include "proxy/conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/log.h"
+#include "proxy/metrics.h"
+#include "proxy/tls.h"
+
+static const char *const outcome_names[] = {
+    [OUT_OK] = "ok", [OUT_HANDSHAKE_FAILED] = "handshake_failed",
+    [OUT_HANDSHAKE_TIMEOUT] = "handshake_timeout", [OUT_BACKEND_DOWN] = "backend_down",
+    [OUT_IDLE_TIMEOUT] = "idle_timeout", [OUT_CLIENT_ERROR] = "client_error",
+    [OUT_BACKEND_ERROR] = "backend_error", [OUT_PROXY_HEADER] = "proxy_header_refused",
+    [OUT_PROTOCOL] = "protocol_error", [OUT_LIMIT] = "limit", [OUT_DRAIN] = "drain",
+    [OUT_NOMEM] = "out_of_memory",
+};
+
+uint64_t conn_now_ms(const struct conn *c)
+{
+    return uv_now(&c->worker->loop);
+}
+
+static void format_addr(const struct sockaddr_storage *ss, char *out, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        port = ntohs(in->sin_port);
+        snprintf(out, cap, "%s:%u", host, port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        port = ntohs(in6->sin6_port);
+        snprintf(out, cap, "[%s]:%u", host, port);
+    } else {
+        snprintf(out, cap, "-");
+    }
+}
+
+static void log_connection(struct conn *c)
+{
+    if (!log_enabled(CONF_LOG_INFO))
+        return;
+    char client[64];
+    format_addr(&c->peer, client, sizeof client);
+    const struct cs_choice *choice = c->ssl ? cs_choice_of(c->ssl) : NULL;
+    static const char *const kinds[] = { "none", "exact", "wildcard", "default" };
+    bool tls_up = c->ssl && SSL_is_init_finished(c->ssl);
+    const char *backend = c->backend_connected || c->backend_index < c->n_backends
+                              ? c->backends[c->backend_index < c->n_backends ? c->backend_index : 0].text
+                              : "-";
+    log_info("conn listener=%s client=%s sni=%s cert=%s kind=%s tls=%s cipher=%s backend=%s "
+             "up=%llu down=%llu%s%.0llu duration_ms=%llu outcome=%s%s%s%s",
+             c->listener->conf->name, client,
+             choice && choice->sni[0] ? choice->sni : "-",
+             tls_up ? cs_used_cert_path(c->ssl) : "-",
+             choice ? kinds[choice->kind] : "-",
+             tls_up ? SSL_get_version(c->ssl) : "-",
+             tls_up ? SSL_get_cipher_name(c->ssl) : "-",
+             c->n_backends ? backend : "-",
+             (unsigned long long)c->bytes_up, (unsigned long long)c->bytes_down,
+             c->discarded ? " discarded=" : "", (unsigned long long)c->discarded,
+             (unsigned long long)(conn_now_ms(c) - c->start_ms), outcome_names[c->outcome],
+             c->error[0] ? " detail=\"" : "", c->error, c->error[0] ? "\"" : "");
+}
+
+static void conn_free(struct conn *c)
+{
+    struct worker *w = c->worker;
+    free(c);
+    if (w->draining && w->n_conns == 0)
+        uv_async_send(&w->wakeup);
+}
+
+bool conn_release_handle(struct conn *c)
+{
+    if (--c->open_handles)
+        return false;
+    conn_free(c);
+    return true;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    conn_release_handle(h->data);
+}
+
+static void close_handle(struct conn *c, uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, on_handle_closed);
+    (void)c;
+}
+
+void conn_close(struct conn *c, enum conn_outcome outcome)
+{
+    if (c->state == CONN_CLOSED)
+        return;
+    if (c->state != CONN_FLUSHING || outcome != OUT_OK)
+        c->outcome = outcome;
+    c->state = CONN_CLOSED;
+    log_connection(c);
+    metrics_conn_closed(c);
+
+    struct worker *w = c->worker;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->n_conns--;
+    atomic_fetch_sub(&c->listener->open, 1);
+    atomic_fetch_sub(&w->server->open_total, 1);
+
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    buf_put(c->cin);
+    buf_put(c->bin);
+    buf_put(c->cout);
+    buf_put(c->bout);
+    c->cin = c->bin = c->cout = c->bout = NULL;
+    st_free(c->st);
+    c->st = NULL;
+    close_handle(c, (uv_handle_t *)&c->timer);
+    close_handle(c, (uv_handle_t *)&c->client);
+    upstream_close(c);
+}
+
+void conn_close_all(struct worker *w, enum conn_outcome outcome)
+{
+    while (w->conns)
+        conn_close(w->conns, outcome);
+}
+
+/* ---- reading ---- */
+
+/* Gives libuv room at the end of *SLOT, allocating the buffer when there is none and moving a
+ * partial line to the front when the tail is short. */
+static void alloc_into(struct buf **slot, uv_buf_t *out)
+{
+    struct buf *b = *slot;
+    if (!b) {
+        b = *slot = buf_get();
+        if (!b) {
+            *out = uv_buf_init(NULL, 0);
+            return;
+        }
+    }
+    if (b->off && buf_room(b) < 4096) {
+        memmove(b->data, b->data + b->off, buf_unread(b));
+        b->len -= b->off;
+        b->off = 0;
+    }
+    uint32_t room = buf_room(b);
+    if (b->len == 0 && room > BUF_READ_SIZE)
+        room = BUF_READ_SIZE; /* one full TLS record, so a relayed read becomes one record */
+    *out = uv_buf_init(b->data + b->len, room);
+}
+
+static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+{
+    (void)suggested;
+    struct conn *c = h->data;
+    alloc_into(&c->cin, out);
+}
+
+static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+{
+    (void)suggested;
+    struct conn *c = h->data;
+    alloc_into(&c->bin, out);
+}
+
+static void drop_if_empty(struct buf **slot)
+{
+    if (*slot && buf_unread(*slot) == 0) {
+        buf_put(*slot);
+        *slot = NULL;
+    }
+}
+
+static void dispatch_client_input(struct conn *c)
+{
+    switch (c->state) {
+    case CONN_PROXY_IN:
+        proxyin_client_input(c);
+        break;
+    case CONN_PRE_TLS:
+        starttls_client_input(c);
+        break;
+    case CONN_HANDSHAKE:
+    case CONN_RELAY:
+        if (c->ssl) {
+            tls_client_input(c);
+        } else if (c->state == CONN_RELAY) {
+            if (c->cin && buf_unread(c->cin)) {
+                struct buf *b = c->cin;
+                c->cin = NULL;
+                relay_client_plaintext(c, b);
+            }
+            if (c->client_eof && c->state != CONN_CLOSED)
+                relay_client_eof(c);
+        }
+        break;
+    default:
+        /* Flushing a final reply or waiting for the backend: input is not wanted now. */
+        break;
+    }
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
+{
+    (void)ub;
+    struct conn *c = s->data;
+    if (nread > 0) {
+        c->cin->len += (uint32_t)nread;
+        c->last_active_ms = conn_now_ms(c);
+        if (c->state == CONN_FLUSHING || c->state == CONN_CONNECTING)
+            c->cin->off = c->cin->len; /* nothing more is wanted from this client */
+        else
+            dispatch_client_input(c);
+    } else if (nread == UV_EOF) {
+        c->client_eof = true;
+        conn_client_read_stop(c);
+        if (c->state == CONN_PROXY_IN || c->state == CONN_PRE_TLS || c->state == CONN_FLUSHING) {
+            conn_close(c, c->state == CONN_PROXY_IN ? OUT_PROXY_HEADER : OUT_OK);
+            return;
+        }
+        dispatch_client_input(c);
+    } else if (nread < 0) {
+        snprintf(c->error, sizeof c->error, "client read: %s", uv_strerror((int)nread));
+        conn_close(c, OUT_CLIENT_ERROR);
+        return;
+    }
+    if (c->state != CONN_CLOSED)
+        drop_if_empty(&c->cin);
+}
+
+static void on_backend_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
+{
+    (void)ub;
+    struct conn *c = s->data;
+    if (nread > 0) {
+        c->bin->len += (uint32_t)nread;
+        c->last_active_ms = conn_now_ms(c);
+    }
+    if (nread == 0) {
+        drop_if_empty(&c->bin);
+        return;
+    }
+    if (nread < 0 && nread != UV_EOF) {
+        snprintf(c->error, sizeof c->error, "backend read: %s", uv_strerror((int)nread));
+        conn_close(c, OUT_BACKEND_ERROR);
+        return;
+    }
+    switch (c->state) {
+    case CONN_PRE_TLS:
+        if (nread == UV_EOF) {
+            conn_fail_with_reply(c, OUT_BACKEND_ERROR, NULL);
+            return;
+        }
+        starttls_backend_input(c);
+        break;
+    case CONN_GREETING:
+        if (nread == UV_EOF) {
+            conn_fail_with_reply(c, OUT_BACKEND_DOWN, conn_unavailable_reply(c));
+            return;
+        }
+        greeting_backend_input(c);
+        break;
+    case CONN_RELAY: {
+        struct buf *b = NULL;
+        if (nread > 0) {
+            b = c->bin;
+            c->bin = NULL;
+        }
+        relay_backend_read(c, nread, b);
+        break;
+    }
+    default:
+        if (c->bin)
+            c->bin->off = c->bin->len;
+        break;
+    }
+    if (c->state != CONN_CLOSED)
+        drop_if_empty(&c->bin);
+}
+
+void conn_client_read_start(struct conn *c)
+{
+    if (c->client_reading || c->client_eof || c->state == CONN_CLOSED)
+        return;
+    if (uv_read_start((uv_stream_t *)&c->client, on_client_alloc, on_client_read) == 0)
+        c->client_reading = true;
+}
+
+void conn_client_read_stop(struct conn *c)
+{
+    if (!c->client_reading)
+        return;
+    uv_read_stop((uv_stream_t *)&c->client);
+    c->client_reading = false;
+}
+
+void conn_backend_read_start(struct conn *c)
+{
+    if (c->backend_reading || !c->backend_connected || c->backend_done || c->state == CONN_CLOSED)
+        return;
+    if (uv_read_start((uv_stream_t *)&c->backend, on_backend_alloc, on_backend_read) == 0)
+        c->backend_reading = true;
+}
+
+void conn_backend_read_stop(struct conn *c)
+{
+    if (!c->backend_reading)
+        return;
+    uv_read_stop((uv_stream_t *)&c->backend);
+    c->backend_reading = false;
+}
+
+/* ---- writing ---- */
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct buf *b = (struct buf *)req;
+    struct conn *c = b->owner;
+    buf_put(b);
+    if (c->state == CONN_CLOSED)
+        return; /* cancelled by the teardown */
+    if (status < 0) {
+        bool to_client = req->handle == (uv_stream_t *)&c->client;
+        snprintf(c->error, sizeof c->error, "%s write: %s", to_client ? "client" : "backend",
+                 uv_strerror(status));
+        conn_close(c, to_client ? OUT_CLIENT_ERROR : OUT_BACKEND_ERROR);
+        return;
+    }
+    if (c->state == CONN_FLUSHING) {
+        if (uv_stream_get_write_queue_size((uv_stream_t *)&c->client) == 0)
+            conn_close(c, c->outcome);
+        return;
+    }
+    relay_writes_drained(c);
+}
+
+/* Tries the write at once (most writes complete there, with no request queued); what the
+ * socket does not take goes to libuv's queue with the buffer as the request. */
+int conn_send_buf(struct conn *c, uv_stream_t *s, struct buf *b)
+{
+    if (buf_unread(b) == 0) {
+        buf_put(b);
+        return 0;
+    }
+    if (uv_stream_get_write_queue_size(s) == 0) {
+        uv_buf_t ub = uv_buf_init(b->data + b->off, buf_unread(b));
+        int n = uv_try_write(s, &ub, 1);
+        if (n > 0)
+            b->off += (uint32_t)n;
+        else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+            buf_put(b);
+            return n;
+        }
+        if (buf_unread(b) == 0) {
+            buf_put(b);
+            return 0;
+        }
+    }
+    b->owner = c;
+    uv_buf_t ub = uv_buf_init(b->data + b->off, buf_unread(b));
+    int r = uv_write(&b->req, s, &ub, 1, on_write);
+    if (r < 0)
+        buf_put(b);
+    return r;
+}
+
+static int append(struct buf **slot, const char *data, size_t len,
+                  int (*flush)(struct conn *), struct conn *c)
+{
+    while (len) {
+        if (!*slot && !(*slot = buf_get()))
+            return -ENOMEM;
+        uint32_t room = buf_room(*slot);
+        if (room == 0) {
+            int r = flush(c);
+            if (r < 0)
+                return r;
+            continue;
+        }
+        uint32_t n = len < room ? (uint32_t)len : room;
+        memcpy((*slot)->data + (*slot)->len, data, n);
+        (*slot)->len += n;
+        data += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int conn_flush_client(struct conn *c)
+{
+    struct buf *b = c->cout;
+    if (!b)
+        return 0;
+    c->cout = NULL;
+    int r = conn_send_buf(c, (uv_stream_t *)&c->client, b);
+    if (r < 0) {
+        snprintf(c->error, sizeof c->error, "client write: %s", uv_strerror(r));
+        conn_close(c, OUT_CLIENT_ERROR);
+    }
+    return r;
+}
+
+int conn_flush_backend(struct conn *c)
+{
+    struct buf *b = c->bout;
+    if (!b)
+        return 0;
+    c->bout = NULL;
+    int r = conn_send_buf(c, (uv_stream_t *)&c->backend, b);
+    if (r < 0) {
+        snprintf(c->error, sizeof c->error, "backend write: %s", uv_strerror(r));
+        conn_close(c, OUT_BACKEND_ERROR);
+    }
+    return r;
+}
+
+int conn_send_client(struct conn *c, const char *data, size_t len)
+{
+    if (c->ssl && SSL_is_init_finished(c->ssl))
+        return tls_encrypt(c, data, len);
+    return append(&c->cout, data, len, conn_flush_client, c);
+}
+
+int conn_send_backend(struct conn *c, const char *data, size_t len)
+{
+    return append(&c->bout, data, len, conn_flush_backend, c);
+}
+
+void conn_fail_with_reply(struct conn *c, enum conn_outcome outcome, const char *reply)
+{
+    if (c->state == CONN_CLOSED || c->state == CONN_FLUSHING)
+        return;
+    c->outcome = outcome;
+    conn_client_read_stop(c);
+    conn_backend_read_stop(c);
+    if (reply && conn_send_client(c, reply, strlen(reply)) < 0) {
+        conn_close(c, outcome);
+        return;
+    }
+    if (c->ssl && SSL_is_init_finished(c->ssl))
+        tls_send_close_notify(c);
+    if (c->state == CONN_CLOSED || conn_flush_client(c) < 0)
+        return;
+    c->state = CONN_FLUSHING;
+    /* A client that never reads must not hold the connection open. */
+    conn_arm_timer(c, 5000);
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->client) == 0)
+        conn_close(c, outcome);
+}
+
+const char *conn_unavailable_reply(const struct conn *c)
+{
+    return st_unavailable_reply(c->listener->conf->proto);
+}
+
+/* ---- timer ---- */
+
+static void on_timer(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->connecting) {
+        upstream_timeout(c);
+        return;
+    }
+    switch (c->state) {
+    case CONN_PROXY_IN:
+        snprintf(c->error, sizeof c->error, "no PROXY header in time");
+        conn_close(c, OUT_PROXY_HEADER);
+        return;
+    case CONN_HANDSHAKE:
+        conn_close(c, OUT_HANDSHAKE_TIMEOUT);
+        return;
+    case CONN_FLUSHING:
+        conn_close(c, c->outcome);
+        return;
+    default:
+        break;
+    }
+    uint64_t idle = c->listener->conf->idle_timeout_ms;
+    uint64_t quiet = conn_now_ms(c) - c->last_active_ms;
+    if (quiet >= idle) {
+        conn_close(c, OUT_IDLE_TIMEOUT);
+        return;
+    }
+    /* Activity does not touch the timer (that would cost a heap update per read); the timer
+     * finds out here and sleeps for what is left. */
+    conn_arm_timer(c, (unsigned)(idle - quiet));
+}
+
+void conn_arm_timer(struct conn *c, unsigned ms)
+{
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* ---- accept ---- */
+
+void conn_start_session(struct conn *c)
+{
+    const struct conf_listener *l = c->listener->conf;
+    if (l->tls == CONF_TLS_IMPLICIT) {
+        tls_begin(c);
+        return;
+    }
+    c->state = CONN_PRE_TLS;
+    c->st = st_new(l->proto, l->starttls == CONF_STARTTLS_REQUIRED);
+    if (!c->st) {
+        conn_close(c, OUT_NOMEM);
+        return;
+    }
+    conn_arm_timer(c, l->idle_timeout_ms);
+    upstream_connect(c);
+}
+
+static bool over_limit(struct worker *w, struct listener_rt *l)
+{
+    unsigned global = w->server->conf->max_connections;
+    unsigned local = l->conf->max_connections;
+    return (global && atomic_load(&w->server->open_total) >= global) ||
+           (local && atomic_load(&l->open) >= local);
+}
+
+void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_handle)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        log_err("accept on %s: out of memory", l->conf->name);
+        return;
+    }
+    c->worker = w;
+    c->listener = l;
+    c->state = CONN_PROXY_IN;
+    c->start_ms = c->last_active_ms = uv_now(&w->loop);
+    uv_tcp_init(&w->loop, &c->client);
+    uv_timer_init(&w->loop, &c->timer);
+    c->client.data = c->timer.data = c->backend.data = c;
+    c->open_handles = 2;
+
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->n_conns++;
+    atomic_fetch_add(&l->open, 1);
+    atomic_fetch_add(&l->total, 1);
+    atomic_fetch_add(&w->server->open_total, 1);
+
+    int r = uv_accept(server_handle, (uv_stream_t *)&c->client);
+    if (r < 0) {
+        snprintf(c->error, sizeof c->error, "accept: %s", uv_strerror(r));
+        conn_close(c, OUT_CLIENT_ERROR);
+        return;
+    }
+    int len = sizeof c->peer;
+    uv_tcp_getpeername(&c->client, (struct sockaddr *)&c->peer, &len);
+    len = sizeof c->local;
+    uv_tcp_getsockname(&c->client, (struct sockaddr *)&c->local, &len);
+    uv_tcp_nodelay(&c->client, 1);
+    metrics_conn_opened(c);
+
+    if (over_limit(w, l)) {
+        snprintf(c->error, sizeof c->error, "max_connections reached");
+        conn_close(c, OUT_LIMIT);
+        return;
+    }
+    if (l->conf->proxy_protocol_in) {
+        proxyin_begin(c);
+        return;
+    }
+    conn_start_session(c);
+}

@@ -1,0 +1,159 @@
+/* mailsnid: command line, and the order of start-up (config, certificates, sockets, run). */
+#include <getopt.h>
+#include <libconfig.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/crypto.h>
+#include <uv.h>
+
+#ifdef MAILSNID_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
+
+#include "certstore/certstore.h"
+#include "conf/conf.h"
+#include "proxy/log.h"
+#include "proxy/server.h"
+#include "proxy/tls.h"
+
+#define MAILSNID_VERSION "0.1.0"
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: mailsnid -c FILE          run in the foreground\n"
+                 "       mailsnid -t -c FILE       check the config and every certificate, then exit\n"
+                 "       mailsnid --certs -c FILE  print the SNI map\n"
+                 "       mailsnid -V               print versions\n");
+}
+
+static void print_versions(void)
+{
+    printf("mailsnid %s\n", MAILSNID_VERSION);
+    printf("OpenSSL %s\n", OpenSSL_version(OPENSSL_FULL_VERSION_STRING));
+    printf("libuv %s\n", uv_version_string());
+    printf("libconfig %d.%d.%d\n", LIBCONFIG_VER_MAJOR, LIBCONFIG_VER_MINOR, LIBCONFIG_VER_REVISION);
+#ifdef MAILSNID_JEMALLOC
+    const char *v = NULL;
+    size_t len = sizeof v;
+    if (mallctl("version", &v, &len, NULL, 0) == 0)
+        printf("jemalloc %s\n", v);
+#else
+    printf("jemalloc not linked (sanitizer build, libc malloc)\n");
+#endif
+}
+
+/* Loads the config and builds the certificate store, printing what is wrong.
+ * Returns 0, or 1 when the config or a required pair is unusable. */
+static int load_all(const char *path, struct conf **conf, struct cs_store **store, bool to_stderr)
+{
+    char *errors = NULL, *warnings = NULL;
+    if (conf_load(path, conf, &errors) < 0) {
+        if (to_stderr)
+            fputs(errors ? errors : "config: unknown error\n", stderr);
+        else
+            log_lines(CONF_LOG_ERR, errors);
+        free(errors);
+        return 1;
+    }
+    int r = cs_store_build(*conf, NULL, store, &errors, &warnings);
+    if (to_stderr) {
+        if (warnings)
+            fputs(warnings, stderr);
+        if (errors)
+            fputs(errors, stderr);
+    } else {
+        log_lines(CONF_LOG_WARNING, warnings);
+        log_lines(CONF_LOG_ERR, errors);
+    }
+    free(errors);
+    free(warnings);
+    if (r < 0) {
+        conf_free(*conf);
+        *conf = NULL;
+        return 1;
+    }
+    return 0;
+}
+
+static int check_config(const char *path)
+{
+    struct conf *conf;
+    struct cs_store *store;
+    if (load_all(path, &conf, &store, true))
+        return 1;
+    struct cs_stats st;
+    cs_store_stats(store, &st);
+    printf("%s: OK: %zu listeners, %zu certificate pairs (%zu exact names, %zu wildcard names, "
+           "%zu skipped)\n", path, conf->n_listeners, st.pairs, st.exact_names, st.wildcard_names,
+           st.skipped);
+    cs_store_unref(store);
+    conf_free(conf);
+    return 0;
+}
+
+static int print_certs(const char *path)
+{
+    struct conf *conf;
+    struct cs_store *store;
+    if (load_all(path, &conf, &store, true))
+        return 1;
+    cs_store_print(store, stdout);
+    cs_store_unref(store);
+    conf_free(conf);
+    return 0;
+}
+
+static int run(const char *path)
+{
+    struct conf *conf;
+    struct cs_store *store;
+    if (load_all(path, &conf, &store, false))
+        return 1;
+    log_setup(conf->log_level, conf->log_target);
+    if (tls_global_init() < 0)
+        return 1;
+    struct server srv;
+    int status = 1;
+    if (server_init(&srv, conf, store) == 0)
+        status = server_run(&srv);
+    server_free(&srv);
+    tls_global_free();
+    conf_free(conf);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    enum { MODE_RUN, MODE_TEST, MODE_CERTS, MODE_VERSION } mode = MODE_RUN;
+    const char *path = NULL;
+    static const struct option longopts[] = {
+        { "config", required_argument, NULL, 'c' }, { "test", no_argument, NULL, 't' },
+        { "certs", no_argument, NULL, 'C' },        { "version", no_argument, NULL, 'V' },
+        { "help", no_argument, NULL, 'h' },         { NULL, 0, NULL, 0 },
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:tVh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 't': mode = MODE_TEST; break;
+        case 'C': mode = MODE_CERTS; break;
+        case 'V': mode = MODE_VERSION; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (mode == MODE_VERSION) {
+        print_versions();
+        return 0;
+    }
+    if (!path || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    switch (mode) {
+    case MODE_TEST: return check_config(path);
+    case MODE_CERTS: return print_certs(path);
+    default: return run(path);
+    }
+}

@@ -1,0 +1,135 @@
+/* One reload at a time: a request that arrives while a build runs sets `again`, and the build
+ * is repeated once it finishes, so a burst of signals costs at most two builds. */
+#include "proxy/reload.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "proxy/log.h"
+#include "proxy/metrics.h"
+
+struct reload {
+    struct server *srv;
+    uv_work_t work;
+    bool running, again, stopping;
+    const char *why;
+    /* Results of the build, handed from the pool thread to the control loop. */
+    struct conf *conf;
+    struct cs_store *store;
+    char *errors, *warnings;
+    double seconds;
+};
+
+int reload_start(struct server *srv)
+{
+    srv->reload = calloc(1, sizeof *srv->reload);
+    if (!srv->reload)
+        return -1;
+    srv->reload->srv = srv;
+    return 0;
+}
+
+void reload_stop(struct server *srv)
+{
+    if (!srv->reload)
+        return;
+    if (srv->reload->running) {
+        srv->reload->stopping = true; /* freed when the build returns */
+        return;
+    }
+    free(srv->reload);
+    srv->reload = NULL;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void build(uv_work_t *work)
+{
+    struct reload *r = work->data;
+    double start = now_seconds();
+    if (conf_load(r->srv->conf->path, &r->conf, &r->errors) == 0) {
+        struct cs_store *current = cs_current_get(r->srv->certs);
+        if (cs_store_build(r->conf, current, &r->store, &r->errors, &r->warnings) < 0)
+            r->store = NULL;
+        cs_store_unref(current);
+    }
+    r->seconds = now_seconds() - start;
+}
+
+/* Settings that live in sockets, threads or per-listener TLS contexts are fixed at start;
+ * say so instead of silently ignoring a change. */
+static void warn_fixed_settings(const struct conf *old, const struct conf *new)
+{
+    bool same = old->n_listeners == new->n_listeners && old->workers == new->workers;
+    for (size_t i = 0; same && i < old->n_listeners; i++)
+        same = strcmp(old->listeners[i].name, new->listeners[i].name) == 0 &&
+               strcmp(old->listeners[i].listen.text, new->listeners[i].listen.text) == 0;
+    if (!same)
+        log_warning("reload: listener or worker changes take effect at the next restart");
+}
+
+static void finish(uv_work_t *work, int status)
+{
+    struct reload *r = work->data;
+    struct server *srv = r->srv;
+    r->running = false;
+    if (status == 0 && !r->stopping) {
+        log_lines(CONF_LOG_WARNING, r->warnings);
+        if (!r->store) {
+            log_lines(CONF_LOG_ERR, r->errors);
+            log_err("reload (%s) failed: the running configuration keeps serving", r->why);
+            metrics_reload(false);
+        } else {
+            struct cs_stats st;
+            cs_store_stats(r->store, &st);
+            warn_fixed_settings(srv->conf, r->conf);
+            cs_current_set(srv->certs, r->store);
+            log_notice("reload (%s): %zu pairs (+%zu added, %zu changed, -%zu removed, %zu skipped) "
+                       "in %.3f s", r->why, st.pairs, st.pairs_added, st.pairs_changed,
+                       st.pairs_removed, st.skipped, r->seconds);
+            metrics_reload(true);
+            r->store = NULL;
+        }
+    }
+    if (r->store)
+        cs_store_unref(r->store);
+    conf_free(r->conf);
+    free(r->errors);
+    free(r->warnings);
+    r->conf = NULL;
+    r->store = NULL;
+    r->errors = r->warnings = NULL;
+    if (r->stopping) {
+        free(r);
+        srv->reload = NULL;
+        return;
+    }
+    if (r->again) {
+        r->again = false;
+        reload_request(srv, "queued request");
+    }
+}
+
+void reload_request(struct server *srv, const char *why)
+{
+    struct reload *r = srv->reload;
+    if (!r || r->stopping)
+        return;
+    if (r->running) {
+        r->again = true;
+        return;
+    }
+    r->why = why;
+    r->running = true;
+    r->work.data = r;
+    if (uv_queue_work(srv->loop, &r->work, build, finish) < 0) {
+        r->running = false;
+        log_err("reload (%s): cannot start", why);
+    }
+}

@@ -1,0 +1,14 @@
+/* reload: re-reading the configuration and certificates while running. The new snapshot is
+ * built on libuv's thread pool, never on a worker's loop, and swapped in atomically; a reload
+ * that fails changes nothing that is serving. */
+#ifndef MAILSNID_RELOAD_H
+#define MAILSNID_RELOAD_H
+
+#include "proxy/server.h"
+
+int reload_start(struct server *srv);
+void reload_stop(struct server *srv);
+/* Asks for a reload (coalesced when one is already running). WHY is logged. */
+void reload_request(struct server *srv, const char *why);
+
+#endif

@@ -1,0 +1,265 @@
+/* The runtime: per-listener TLS contexts and sockets built at start, one event loop per worker
+ * thread, and the control loop on the main thread for signals, reload and drain. */
+#include "proxy/server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "proxy/admin.h"
+#include "proxy/buf.h"
+#include "proxy/conn.h"
+#include "proxy/listener.h"
+#include "proxy/log.h"
+#include "proxy/metrics.h"
+#include "proxy/reload.h"
+#include "proxy/routes.h"
+#include "proxy/tls.h"
+
+static unsigned worker_count(const struct conf *conf)
+{
+    if (conf->workers)
+        return conf->workers;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+int server_init(struct server *srv, struct conf *conf, struct cs_store *store)
+{
+    memset(srv, 0, sizeof *srv);
+    srv->conf = conf;
+    srv->certs = cs_current_new(store);
+    srv->routes = routes_new(conf);
+    srv->n_listeners = conf->n_listeners;
+    srv->listeners = calloc(conf->n_listeners, sizeof *srv->listeners);
+    srv->n_workers = worker_count(conf);
+    srv->workers = calloc(srv->n_workers, sizeof *srv->workers);
+    srv->fds = malloc(sizeof *srv->fds * srv->n_workers * conf->n_listeners);
+    if (!srv->certs || !srv->routes || !srv->listeners || !srv->workers || !srv->fds) {
+        log_err("out of memory");
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < srv->n_workers * conf->n_listeners; i++)
+        srv->fds[i] = -1;
+    for (size_t i = 0; i < conf->n_listeners; i++) {
+        const struct conf_listener *l = &conf->listeners[i];
+        const char *err = NULL;
+        srv->listeners[i].conf = l;
+        srv->listeners[i].ssl_ctx = tls_ctx_new(conf, l, srv->certs, &err);
+        if (!srv->listeners[i].ssl_ctx) {
+            log_err("%s:%d: listener %s: %s", conf->path, l->line, l->name, err);
+            return -EINVAL;
+        }
+        for (unsigned w = 0; w < srv->n_workers; w++) {
+            int fd = listener_bind(l);
+            if (fd < 0) {
+                log_err("%s:%d: listener %s: cannot listen on %s: %s", conf->path, l->line,
+                        l->name, l->listen.text, strerror(-fd));
+                return fd;
+            }
+            srv->fds[w * conf->n_listeners + i] = fd;
+        }
+    }
+    return 0;
+}
+
+/* ---- workers ---- */
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void worker_stop_listening(struct worker *w)
+{
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (!uv_is_closing((uv_handle_t *)&w->listeners[i]))
+            uv_close((uv_handle_t *)&w->listeners[i], NULL);
+}
+
+/* Runs on the worker's loop whenever the control thread (or a closing connection during a
+ * drain) wants it to look at the server's state. */
+static void on_worker_wakeup(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    struct server *srv = w->server;
+    if (atomic_load(&srv->stopping) && !w->stopping) {
+        w->stopping = true;
+        conn_close_all(w, OUT_DRAIN);
+    }
+    if (atomic_load(&srv->draining) && !w->draining) {
+        w->draining = true;
+        worker_stop_listening(w);
+    }
+    if ((w->draining || w->stopping) && w->n_conns == 0)
+        uv_walk(&w->loop, close_walk, NULL);
+}
+
+static void worker_main(void *arg)
+{
+    struct worker *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_walk(&w->loop, close_walk, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&w->loop) != 0)
+        log_err("worker %u: loop closed with handles still open", w->index);
+    buf_pool_drain();
+    atomic_fetch_sub(&w->server->workers_running, 1);
+    uv_async_send(&w->server->worker_exited);
+}
+
+static int worker_init(struct server *srv, unsigned index)
+{
+    struct worker *w = &srv->workers[index];
+    w->server = srv;
+    w->index = index;
+    w->n_listeners = srv->n_listeners;
+    w->listeners = calloc(srv->n_listeners, sizeof *w->listeners);
+    if (!w->listeners || uv_loop_init(&w->loop) < 0)
+        return -ENOMEM;
+    w->loop.data = w;
+    uv_async_init(&w->loop, &w->wakeup, on_worker_wakeup);
+    w->wakeup.data = w;
+    for (size_t i = 0; i < srv->n_listeners; i++) {
+        int fd = srv->fds[index * srv->n_listeners + i];
+        int r = listener_start(w, i, fd);
+        srv->fds[index * srv->n_listeners + i] = -1; /* the handle owns it now */
+        if (r < 0) {
+            log_err("listener %s: %s", srv->listeners[i].conf->name, uv_strerror(r));
+            return r;
+        }
+    }
+    return 0;
+}
+
+static void wake_workers(struct server *srv)
+{
+    for (unsigned i = 0; i < srv->n_workers; i++)
+        uv_async_send(&srv->workers[i].wakeup);
+}
+
+/* ---- control loop ---- */
+
+static void stop_control(struct server *srv)
+{
+    uv_close((uv_handle_t *)&srv->sig_term, NULL);
+    uv_close((uv_handle_t *)&srv->sig_int, NULL);
+    uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+    uv_close((uv_handle_t *)&srv->drain_timer, NULL);
+    uv_close((uv_handle_t *)&srv->worker_exited, NULL);
+    admin_stop(srv);
+    reload_stop(srv);
+}
+
+static void on_worker_exited(uv_async_t *a)
+{
+    struct server *srv = a->data;
+    if (atomic_load(&srv->workers_running) == 0)
+        stop_control(srv);
+}
+
+static void force_stop(struct server *srv)
+{
+    atomic_store(&srv->stopping, true);
+    wake_workers(srv);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+    log_notice("drain timeout: closing the connections still open");
+    force_stop(srv);
+}
+
+void server_begin_drain(struct server *srv)
+{
+    if (atomic_load(&srv->draining))
+        return;
+    atomic_store(&srv->draining, true);
+    unsigned open = atomic_load(&srv->open_total);
+    log_notice("draining: no new connections; %u open, waiting up to %u s", open,
+               srv->conf->drain_timeout_s);
+    uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->conf->drain_timeout_s * 1000, 0);
+    wake_workers(srv);
+}
+
+static void on_stop_signal(uv_signal_t *s, int signum)
+{
+    struct server *srv = s->data;
+    if (atomic_load(&srv->draining)) {
+        log_notice("signal %d again: exiting now", signum);
+        force_stop(srv);
+        return;
+    }
+    server_begin_drain(srv);
+}
+
+static void on_hup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    reload_request(s->data, "SIGHUP");
+}
+
+int server_run(struct server *srv)
+{
+    srv->loop = uv_default_loop();
+    signal(SIGPIPE, SIG_IGN);
+    uv_signal_init(srv->loop, &srv->sig_term);
+    uv_signal_init(srv->loop, &srv->sig_int);
+    uv_signal_init(srv->loop, &srv->sig_hup);
+    uv_timer_init(srv->loop, &srv->drain_timer);
+    uv_async_init(srv->loop, &srv->worker_exited, on_worker_exited);
+    srv->sig_term.data = srv->sig_int.data = srv->sig_hup.data = srv->drain_timer.data =
+        srv->worker_exited.data = srv;
+    uv_signal_start(&srv->sig_term, on_stop_signal, SIGTERM);
+    uv_signal_start(&srv->sig_int, on_stop_signal, SIGINT);
+    uv_signal_start(&srv->sig_hup, on_hup, SIGHUP);
+
+    if (admin_start(srv) < 0 || reload_start(srv) < 0) {
+        stop_control(srv);
+        uv_run(srv->loop, UV_RUN_DEFAULT);
+        return 1;
+    }
+    for (unsigned i = 0; i < srv->n_workers; i++) {
+        if (worker_init(srv, i) < 0) {
+            log_err("cannot start worker %u", i);
+            return 1;
+        }
+    }
+    atomic_store(&srv->workers_running, srv->n_workers);
+    for (unsigned i = 0; i < srv->n_workers; i++)
+        uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
+    log_notice("mailsnid running: %zu listeners, %u workers", srv->n_listeners, srv->n_workers);
+
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    for (unsigned i = 0; i < srv->n_workers; i++)
+        uv_thread_join(&srv->workers[i].thread);
+    log_notice("mailsnid stopped");
+    return 0;
+}
+
+void server_free(struct server *srv)
+{
+    if (srv->loop) {
+        uv_run(srv->loop, UV_RUN_NOWAIT);
+        uv_loop_close(srv->loop);
+    }
+    for (size_t i = 0; srv->fds && i < srv->n_workers * srv->n_listeners; i++)
+        if (srv->fds[i] >= 0)
+            close(srv->fds[i]);
+    free(srv->fds);
+    for (unsigned i = 0; srv->workers && i < srv->n_workers; i++)
+        free(srv->workers[i].listeners);
+    free(srv->workers);
+    for (size_t i = 0; srv->listeners && i < srv->n_listeners; i++)
+        SSL_CTX_free(srv->listeners[i].ssl_ctx);
+    free(srv->listeners);
+    routes_free(srv->routes);
+    if (srv->certs)
+        cs_current_free(srv->certs);
+    memset(srv, 0, sizeof *srv);
+}

@@ -1,0 +1,250 @@
+/* The STARTTLS engine: line splitting, the queue of commands awaiting their responses, and the
+ * decisions common to every protocol. What a line means is up to the protocol files. */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/st_internal.h"
+
+static const struct st_ops *ops_for(enum conf_proto proto)
+{
+    switch (proto) {
+    case CONF_PROTO_IMAP: return &st_imap_ops;
+    case CONF_PROTO_POP3: return &st_pop3_ops;
+    case CONF_PROTO_SMTP: return &st_smtp_ops;
+    default: return NULL;
+    }
+}
+
+struct st_session *st_new(enum conf_proto proto, bool required)
+{
+    const struct st_ops *ops = ops_for(proto);
+    if (!ops)
+        return NULL;
+    struct st_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->proto = proto;
+    s->ops = ops;
+    s->required = required;
+    s->pending[0] = ST_KIND_GREETING; /* the backend speaks first */
+    s->n_pending = 1;
+    return s;
+}
+
+void st_free(struct st_session *s)
+{
+    free(s);
+}
+
+bool st_starttls_ready(const struct st_session *s)
+{
+    return s->starttls_asked && s->n_pending == 0;
+}
+
+bool st_starttls_asked(const struct st_session *s)
+{
+    return s->starttls_asked;
+}
+
+const char *st_starttls_reply(const struct st_session *s)
+{
+    return s->reply;
+}
+
+bool st_is_blind(const struct st_session *s)
+{
+    return s->blind;
+}
+
+bool st_word_is(const char *word, size_t len, const char *upper)
+{
+    size_t n = strlen(upper);
+    if (len != n)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (toupper((unsigned char)word[i]) != upper[i])
+            return false;
+    return true;
+}
+
+const char *st_first_word(const char *line, size_t len, const char **word, size_t *wlen)
+{
+    size_t i = 0;
+    while (i < len && line[i] != ' ')
+        i++;
+    *word = line;
+    *wlen = i;
+    return i < len ? line + i + 1 : line + len;
+}
+
+size_t st_strip_eol(const char *line, size_t len)
+{
+    if (len && line[len - 1] == '\n')
+        len--;
+    if (len && line[len - 1] == '\r')
+        len--;
+    return len;
+}
+
+bool st_has_token(const char *list, size_t len, const char *token)
+{
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && list[i] == ' ')
+            i++;
+        size_t start = i;
+        while (i < len && list[i] != ' ')
+            i++;
+        if (i > start && st_word_is(list + start, i - start, token))
+            return true;
+    }
+    return false;
+}
+
+/* Finds the end of the first line in DATA: returns its length including the LF, 0 when there
+ * is no LF yet. */
+static size_t line_length(const char *data, size_t len)
+{
+    const char *lf = memchr(data, '\n', len);
+    return lf ? (size_t)(lf - data) + 1 : 0;
+}
+
+static void send_to_client(const struct st_sink *sink, const char *text)
+{
+    sink->to_client(sink->ctx, text, strlen(text));
+}
+
+enum st_event st_client_input(struct st_session *s, const char *data, size_t len,
+                              size_t *consumed, const struct st_sink *sink)
+{
+    size_t used = 0;
+    enum st_event ev = ST_MORE;
+    while (used < len && !s->blind && !s->starttls_asked) {
+        size_t n = line_length(data + used, len - used);
+        if (n == 0 || n > ST_LINE_MAX) {
+            if (n > ST_LINE_MAX || len - used >= ST_LINE_MAX) {
+                send_to_client(sink, s->ops->line_too_long);
+                ev = ST_CLOSE;
+            }
+            break;
+        }
+        const char *line = data + used;
+        size_t bare = st_strip_eol(line, n);
+        enum st_kind kind = s->ops->classify(s, line, bare);
+        if (kind == ST_KIND_STARTTLS) {
+            used += n;
+            s->starttls_asked = true;
+            s->ops->starttls_reply(s);
+            ev = ST_STARTTLS;
+            break;
+        }
+        bool refuse = kind == ST_KIND_BAD_STARTTLS ||
+                      (s->required && (kind == ST_KIND_LOGIN || kind == ST_KIND_OTHER));
+        if (refuse) {
+            char reply[256];
+            size_t rl = s->ops->refuse(s, kind, line, bare, reply, sizeof reply);
+            if (sink->to_client(sink->ctx, reply, rl) < 0)
+                return ST_CLOSE;
+            used += n;
+            continue;
+        }
+        if (sink->to_backend(sink->ctx, line, n) < 0)
+            return ST_CLOSE;
+        used += n;
+        if (kind == ST_KIND_LOGIN || kind == ST_KIND_OTHER) {
+            /* Optional STARTTLS and a client that carries on in plaintext (an MTA on port 25,
+             * or a login without TLS): from here on the proxy stays out of the way. */
+            s->blind = true;
+            ev = ST_BLIND;
+            break;
+        }
+        if (s->n_pending == ST_PIPELINE_MAX) {
+            send_to_client(sink, s->ops->too_many_commands);
+            ev = ST_CLOSE;
+            break;
+        }
+        s->pending[(s->head + s->n_pending++) % ST_PIPELINE_MAX] = (uint8_t)kind;
+    }
+    *consumed = used;
+    return ev;
+}
+
+enum st_event st_backend_input(struct st_session *s, const char *data, size_t len,
+                               size_t *consumed, const struct st_sink *sink)
+{
+    size_t used = 0;
+    while (used < len) {
+        size_t n = line_length(data + used, len - used);
+        if (n == 0 || n > ST_BACKEND_LINE_MAX) {
+            if (n > ST_BACKEND_LINE_MAX || len - used >= ST_BACKEND_LINE_MAX) {
+                *consumed = used;
+                return ST_CLOSE;
+            }
+            break;
+        }
+        if (s->n_pending == 0 || s->blind) {
+            /* Unsolicited (an untagged EXISTS, a timeout BYE) or after the client went blind:
+             * relay unchanged. */
+            if (sink->to_client(sink->ctx, data + used, n) < 0)
+                return ST_CLOSE;
+            used += n;
+            continue;
+        }
+        enum st_kind kind = (enum st_kind)s->pending[s->head];
+        bool done = false;
+        if (s->ops->backend_line(s, kind, data + used, n, sink, &done) < 0)
+            return ST_CLOSE;
+        used += n;
+        s->response_lines++;
+        if (done) {
+            s->head = (s->head + 1) % ST_PIPELINE_MAX;
+            s->n_pending--;
+            s->in_response = false;
+            s->response_lines = 0;
+            s->response_has_starttls = false;
+        } else {
+            s->in_response = true;
+        }
+    }
+    *consumed = used;
+    return ST_MORE;
+}
+
+long st_greeting_length(enum conf_proto proto, const char *data, size_t len)
+{
+    size_t used = 0;
+    for (;;) {
+        size_t n = line_length(data + used, len - used);
+        if (n == 0)
+            return len - used >= ST_BACKEND_LINE_MAX ? -1 : 0;
+        const char *line = data + used;
+        used += n;
+        switch (proto) {
+        case CONF_PROTO_IMAP:
+            return n >= 4 && memcmp(line, "* OK", 4) == 0 ? (long)used : -1;
+        case CONF_PROTO_POP3:
+            return n >= 3 && memcmp(line, "+OK", 3) == 0 ? (long)used : -1;
+        case CONF_PROTO_SMTP:
+            if (n < 4 || memcmp(line, "220", 3) != 0)
+                return -1;
+            if (line[3] == '-')
+                continue;
+            return (long)used;
+        default:
+            return -1;
+        }
+    }
+}
+
+const char *st_unavailable_reply(enum conf_proto proto)
+{
+    switch (proto) {
+    case CONF_PROTO_IMAP: return "* BYE [UNAVAILABLE] Service temporarily unavailable, try again later\r\n";
+    case CONF_PROTO_POP3: return "-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n";
+    case CONF_PROTO_SMTP: return "421 4.3.0 Service temporarily unavailable, try again later\r\n";
+    default:
+        return "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n"
+               "Connection: close\r\n\r\nBad Gateway\n";
+    }
+}

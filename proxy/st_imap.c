@@ -1,0 +1,120 @@
+/* IMAP before TLS (RFC 9051 / 3501 §6.2.1): tagged commands, capabilities in the greeting's
+ * [CAPABILITY …] code, in untagged CAPABILITY responses and in tagged OK codes. */
+#include <stdio.h>
+#include <string.h>
+
+#include "proxy/st_internal.h"
+
+static bool has_literal(const char *line, size_t len)
+{
+    /* "{5}" or "{5+}" at the end announces literal bytes after the line: those are data,
+     * not commands, so such a command is never treated as harmless. */
+    return len >= 3 && line[len - 1] == '}' && memchr(line, '{', len);
+}
+
+static enum st_kind imap_classify(struct st_session *s, const char *line, size_t len)
+{
+    const char *tag, *cmd;
+    size_t tlen, clen;
+    const char *rest = st_first_word(line, len, &tag, &tlen);
+    if (tlen == 0 || tlen >= sizeof s->tag || rest == line + len || tag[0] == '*' || tag[0] == '+')
+        return ST_KIND_OTHER;
+    const char *args = st_first_word(rest, (size_t)(line + len - rest), &cmd, &clen);
+    bool login = st_word_is(cmd, clen, "LOGIN") || st_word_is(cmd, clen, "AUTHENTICATE");
+    if (has_literal(line, len))
+        return login ? ST_KIND_LOGIN : ST_KIND_OTHER;
+    if (st_word_is(cmd, clen, "STARTTLS")) {
+        if (args != line + len)
+            return ST_KIND_BAD_STARTTLS;
+        memcpy(s->tag, tag, tlen);
+        s->tag[tlen] = 0;
+        return ST_KIND_STARTTLS;
+    }
+    if (st_word_is(cmd, clen, "CAPABILITY"))
+        return ST_KIND_CAPA;
+    if (st_word_is(cmd, clen, "NOOP") || st_word_is(cmd, clen, "LOGOUT") || st_word_is(cmd, clen, "ID"))
+        return ST_KIND_HARMLESS;
+    return login ? ST_KIND_LOGIN : ST_KIND_OTHER;
+}
+
+static size_t imap_refuse(const struct st_session *s, enum st_kind kind, const char *line,
+                          size_t len, char *out, size_t cap)
+{
+    (void)s;
+    const char *tag;
+    size_t tlen;
+    st_first_word(line, len, &tag, &tlen);
+    if (tlen == 0 || tlen > 63) {
+        tag = "*";
+        tlen = 1;
+    }
+    const char *text = kind == ST_KIND_BAD_STARTTLS ? "BAD STARTTLS takes no arguments"
+                                                   : "NO [PRIVACYREQUIRED] TLS is required: use STARTTLS first";
+    int n = snprintf(out, cap, "%.*s %s\r\n", (int)tlen, tag, text);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+/* Relays LINE with STARTTLS (and, when TLS is required, LOGINDISABLED) added to the
+ * capability list that ends at offset END. */
+static int add_capabilities(const struct st_session *s, const char *line, size_t len,
+                            size_t start, size_t end, const struct st_sink *sink)
+{
+    const char *caps = line + start;
+    size_t caps_len = end - start;
+    int r = sink->to_client(sink->ctx, line, end);
+    if (r == 0 && !st_has_token(caps, caps_len, "STARTTLS"))
+        r = sink->to_client(sink->ctx, " STARTTLS", 9);
+    if (r == 0 && s->required && !st_has_token(caps, caps_len, "LOGINDISABLED"))
+        r = sink->to_client(sink->ctx, " LOGINDISABLED", 14);
+    if (r == 0)
+        r = sink->to_client(sink->ctx, line + end, len - end);
+    return r;
+}
+
+/* Finds "[CAPABILITY …]" in a status response; returns false when there is none. */
+static bool find_capability_code(const char *line, size_t len, size_t *start, size_t *end)
+{
+    static const char key[] = "[CAPABILITY ";
+    size_t klen = sizeof key - 1;
+    for (size_t i = 0; i + klen <= len; i++) {
+        if (line[i] == '[' && st_word_is(line + i, klen - 1, "[CAPABILITY") && line[i + klen - 1] == ' ') {
+            const char *close = memchr(line + i, ']', len - i);
+            if (!close)
+                return false;
+            *start = i + klen;
+            *end = (size_t)(close - line);
+            return true;
+        }
+    }
+    return false;
+}
+
+static int imap_backend_line(struct st_session *s, enum st_kind kind, const char *line, size_t len,
+                             const struct st_sink *sink, bool *done)
+{
+    size_t bare = st_strip_eol(line, len);
+    size_t start, end;
+    bool untagged = bare >= 2 && line[0] == '*' && line[1] == ' ';
+    bool continuation = bare >= 1 && line[0] == '+';
+    *done = kind == ST_KIND_GREETING || (!untagged && !continuation);
+    if (untagged && bare >= 13 && st_word_is(line + 2, 10, "CAPABILITY") &&
+        (bare == 12 || line[12] == ' '))
+        return add_capabilities(s, line, len, 12, bare, sink);
+    if (find_capability_code(line, bare, &start, &end))
+        return add_capabilities(s, line, len, start, end, sink);
+    return sink->to_client(sink->ctx, line, len);
+}
+
+static void imap_starttls_reply(struct st_session *s)
+{
+    snprintf(s->reply, sizeof s->reply, "%s OK Begin TLS negotiation now\r\n", s->tag);
+}
+
+const struct st_ops st_imap_ops = {
+    .classify = imap_classify,
+    .refuse = imap_refuse,
+    .backend_line = imap_backend_line,
+    .starttls_reply = imap_starttls_reply,
+    .line_too_long = "* BYE Command line too long\r\n",
+    .too_many_commands = "* BYE Too many pipelined commands\r\n",
+};

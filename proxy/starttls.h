@@ -1,0 +1,69 @@
+/* starttls: the plaintext phase of a STARTTLS listener (IMAP, POP3, SMTP), as a pure engine
+ * over bytes — no sockets, so it is unit-tested by feeding every input split at every offset.
+ *
+ * The engine reads complete CRLF lines from each side. Client lines are classified: harmless
+ * commands (CAPABILITY/CAPA/EHLO/NOOP/…) are forwarded; the STARTTLS command is answered by the
+ * proxy; with starttls = "required" everything else is refused in the protocol's own words; with
+ * "optional", the first other command is forwarded and the session goes blind (plain relay, as
+ * on port 25 between MTAs that never upgrade). Backend lines are relayed with STARTTLS/STLS
+ * added to the capabilities they advertise. Lines are bounded (ST_LINE_MAX); a longer one is
+ * refused, never buffered. */
+#ifndef MAILSNID_STARTTLS_H
+#define MAILSNID_STARTTLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "conf/conf.h"
+
+#define ST_LINE_MAX 8192          /* client command line, CRLF included */
+#define ST_BACKEND_LINE_MAX 16384 /* backend response line, CRLF included */
+
+struct st_session;
+
+/* Where the engine's output goes. Both return 0, or negative to stop (the engine returns
+ * ST_CLOSE then). */
+struct st_sink {
+    void *ctx;
+    int (*to_client)(void *ctx, const char *data, size_t len);
+    int (*to_backend)(void *ctx, const char *data, size_t len);
+};
+
+enum st_event {
+    ST_MORE,        /* all complete lines handled; feed more bytes */
+    ST_STARTTLS,    /* the client asked for TLS; bytes after that line must be discarded */
+    ST_BLIND,       /* from here on relay bytes unchanged (*consumed marks where) */
+    ST_CLOSE,       /* a final reply was sent to the client; close after flushing */
+};
+
+struct st_session *st_new(enum conf_proto proto, bool required);
+void st_free(struct st_session *s);
+
+/* Handles the complete lines at the start of DATA. *CONSUMED is set to the bytes used; what is
+ * left is an incomplete line (or, after ST_STARTTLS / ST_BLIND, bytes for the caller). */
+enum st_event st_client_input(struct st_session *s, const char *data, size_t len,
+                              size_t *consumed, const struct st_sink *sink);
+enum st_event st_backend_input(struct st_session *s, const char *data, size_t len,
+                               size_t *consumed, const struct st_sink *sink);
+
+/* True once the client has sent STARTTLS: whatever else it sends before TLS is dropped. */
+bool st_starttls_asked(const struct st_session *s);
+/* After ST_STARTTLS: true once every earlier command's response has been relayed, so the
+ * proxy's reply to STARTTLS comes in order. */
+bool st_starttls_ready(const struct st_session *s);
+/* The proxy's positive answer to STARTTLS (IMAP uses the command's tag). */
+const char *st_starttls_reply(const struct st_session *s);
+/* True when the client went blind: its commands are no longer inspected. */
+bool st_is_blind(const struct st_session *s);
+
+/* After STARTTLS the proxy opens a fresh backend session; its greeting must be swallowed
+ * (the client already had one). Returns the greeting's length when DATA holds all of it,
+ * 0 when more bytes are needed, -1 when the backend refused service (BYE, -ERR, 4xx/5xx) or
+ * the greeting is longer than ST_BACKEND_LINE_MAX. */
+long st_greeting_length(enum conf_proto proto, const char *data, size_t len);
+
+/* The text a client gets when no backend answers (SPEC.md: IMAP BYE, POP3 -ERR, SMTP 421,
+ * HTTP 502). */
+const char *st_unavailable_reply(enum conf_proto proto);
+
+#endif

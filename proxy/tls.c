@@ -1,0 +1,291 @@
+/* TLS for one connection, over a custom BIO instead of a memory BIO pair: OpenSSL reads
+ * ciphertext straight out of the buffer libuv read into (c->cin), and its output is appended to
+ * c->cout, which is submitted once per processing step so a handshake flight leaves in one
+ * write. That is one copy each way and no ciphertext buffered per idle connection. */
+#include "proxy/tls.h"
+
+#include <errno.h>
+#include <string.h>
+#include <openssl/err.h>
+
+#include "proxy/conn.h"
+#include "proxy/log.h"
+
+static BIO_METHOD *bio_method;
+
+static int bio_read(BIO *bio, char *out, int len)
+{
+    struct conn *c = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    struct buf *b = c->cin;
+    if (!b || buf_unread(b) == 0) {
+        if (c->client_eof)
+            return 0;
+        BIO_set_retry_read(bio);
+        return -1;
+    }
+    uint32_t n = buf_unread(b) < (uint32_t)len ? buf_unread(b) : (uint32_t)len;
+    memcpy(out, b->data + b->off, n);
+    b->off += n;
+    return (int)n;
+}
+
+static int bio_write(BIO *bio, const char *in, int len)
+{
+    struct conn *c = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    size_t left = (size_t)len;
+    while (left) {
+        if (!c->cout && !(c->cout = buf_get()))
+            return -1;
+        uint32_t room = buf_room(c->cout);
+        if (room == 0) {
+            if (conn_flush_client(c) < 0)
+                return -1;
+            continue;
+        }
+        uint32_t n = left < room ? (uint32_t)left : room;
+        memcpy(c->cout->data + c->cout->len, in, n);
+        c->cout->len += n;
+        in += n;
+        left -= n;
+    }
+    return len;
+}
+
+static long bio_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    struct conn *c = BIO_get_data(bio);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_EOF:
+        return c && c->client_eof && (!c->cin || buf_unread(c->cin) == 0);
+    default:
+        return 0;
+    }
+}
+
+static int bio_create(BIO *bio)
+{
+    BIO_set_init(bio, 1);
+    return 1;
+}
+
+int tls_global_init(void)
+{
+    bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mailsnid-conn");
+    if (!bio_method)
+        return -ENOMEM;
+    BIO_meth_set_read(bio_method, bio_read);
+    BIO_meth_set_write(bio_method, bio_write);
+    BIO_meth_set_ctrl(bio_method, bio_ctrl);
+    BIO_meth_set_create(bio_method, bio_create);
+    return 0;
+}
+
+void tls_global_free(void)
+{
+    BIO_meth_free(bio_method);
+    bio_method = NULL;
+}
+
+/* HTTP backends speak HTTP/1.1 in plaintext, so that is the only protocol we can agree to.
+ * Mail listeners select nothing: a client offering "imap" carries on without ALPN. */
+static int alpn_select_http(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                            const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    (void)arg;
+    static const unsigned char http11[] = "\x08http/1.1";
+    unsigned char *sel;
+    if (SSL_select_next_proto(&sel, outlen, http11, sizeof http11 - 1, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+SSL_CTX *tls_ctx_new(const struct conf *conf, const struct conf_listener *listener,
+                     struct cs_current *certs, const char **err)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        *err = "cannot create TLS context";
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, conf->tls.min_version ? conf->tls.min_version : TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                                 SSL_OP_PRIORITIZE_CHACHA | SSL_OP_NO_COMPRESSION |
+                                 SSL_OP_IGNORE_UNEXPECTED_EOF);
+    /* Idle IMAP connections are the common case: let OpenSSL drop its ~34 KB of record
+     * buffers whenever they are empty. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    /* Stateless tickets resume sessions; a server-side cache would only cost memory. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(ctx, 1);
+    if (!SSL_CTX_set_cipher_list(ctx, conf->tls.ciphers ? conf->tls.ciphers : TLS_DEFAULT_CIPHERS)) {
+        *err = "tls.ciphers: no usable cipher in the list";
+        goto fail;
+    }
+    if (conf->tls.ciphersuites && !SSL_CTX_set_ciphersuites(ctx, conf->tls.ciphersuites)) {
+        *err = "tls.ciphersuites: no usable suite in the list";
+        goto fail;
+    }
+    if (!SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384")) {
+        *err = "cannot set key exchange groups";
+        goto fail;
+    }
+    if (listener->proto == CONF_PROTO_HTTP)
+        SSL_CTX_set_alpn_select_cb(ctx, alpn_select_http, NULL);
+    cs_select_install(ctx, certs);
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+/* Records OpenSSL's reason for a failure in the connection's log detail, and empties the
+ * thread's error queue so the next connection starts clean. */
+static void note_ssl_error(struct conn *c, const char *what)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (e)
+        snprintf(c->error, sizeof c->error, "%s: %s", what, ERR_reason_error_string(e) ?
+                 ERR_reason_error_string(e) : "unknown");
+    else if (!c->error[0])
+        snprintf(c->error, sizeof c->error, "%s", what);
+    ERR_clear_error();
+}
+
+static void release_cin_if_empty(struct conn *c)
+{
+    if (c->cin && buf_unread(c->cin) == 0) {
+        buf_put(c->cin);
+        c->cin = NULL;
+    }
+}
+
+void tls_begin(struct conn *c)
+{
+    c->ssl = SSL_new(c->listener->ssl_ctx);
+    BIO *bio = c->ssl ? BIO_new(bio_method) : NULL;
+    if (!bio) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        conn_close(c, OUT_NOMEM);
+        return;
+    }
+    BIO_set_data(bio, c);
+    SSL_set_bio(c->ssl, bio, bio);
+    SSL_set_app_data(c->ssl, c);
+    SSL_set_accept_state(c->ssl);
+    c->state = CONN_HANDSHAKE;
+    conn_arm_timer(c, c->listener->conf->handshake_timeout_ms);
+    conn_client_read_start(c);
+    if (c->cin && buf_unread(c->cin))
+        tls_client_input(c);
+}
+
+static void handshake_step(struct conn *c)
+{
+    int r = SSL_do_handshake(c->ssl);
+    if (conn_flush_client(c) < 0) {
+        conn_close(c, OUT_CLIENT_ERROR);
+        return;
+    }
+    if (r == 1) {
+        /* Application data that came with the client's Finished stays in c->cin (or inside
+         * OpenSSL) and is read once the backend is there to take it. */
+        conn_client_read_stop(c);
+        c->state = CONN_CONNECTING;
+        upstream_connect(c);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        if (c->client_eof) {
+            snprintf(c->error, sizeof c->error, "client closed during handshake");
+            conn_close(c, OUT_HANDSHAKE_FAILED);
+        }
+        return;
+    }
+    note_ssl_error(c, "handshake");
+    /* An alert may be queued in c->cout: let it reach the client before closing. */
+    conn_fail_with_reply(c, OUT_HANDSHAKE_FAILED, NULL);
+}
+
+/* Decrypts what the client sent and hands it to the relay, until OpenSSL wants more bytes or
+ * the backend has enough queued (then reading pauses and resumes from relay_writes_drained). */
+static void decrypt_step(struct conn *c)
+{
+    for (;;) {
+        if (relay_backend_congested(c)) {
+            conn_client_read_stop(c);
+            break;
+        }
+        struct buf *b = buf_get();
+        if (!b) {
+            conn_close(c, OUT_NOMEM);
+            return;
+        }
+        int n = SSL_read(c->ssl, b->data, BUF_READ_SIZE);
+        if (n > 0) {
+            b->len = (uint32_t)n;
+            relay_client_plaintext(c, b);
+            if (c->state == CONN_CLOSED)
+                return;
+            continue;
+        }
+        buf_put(b);
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ)
+            break;
+        if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && c->client_eof)) {
+            ERR_clear_error();
+            if (conn_flush_client(c) < 0)
+                return;
+            relay_client_eof(c);
+            return;
+        }
+        note_ssl_error(c, "client TLS");
+        conn_close(c, OUT_CLIENT_ERROR);
+        return;
+    }
+    if (conn_flush_client(c) < 0)
+        return;
+}
+
+void tls_client_input(struct conn *c)
+{
+    if (c->state == CONN_HANDSHAKE)
+        handshake_step(c);
+    else if (c->state == CONN_RELAY && !c->client_done)
+        decrypt_step(c);
+    if (c->state != CONN_CLOSED)
+        release_cin_if_empty(c);
+}
+
+int tls_encrypt(struct conn *c, const char *data, size_t len)
+{
+    while (len) {
+        int chunk = len > BUF_READ_SIZE ? BUF_READ_SIZE : (int)len;
+        int n = SSL_write(c->ssl, data, chunk);
+        if (n <= 0) {
+            note_ssl_error(c, "client TLS write");
+            return -EIO;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return conn_flush_client(c);
+}
+
+void tls_send_close_notify(struct conn *c)
+{
+    if (!(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN))
+        SSL_shutdown(c->ssl);
+    ERR_clear_error();
+}
