@@ -47,13 +47,12 @@ $(BUILD)/mailsnid: $(MAIN_OBJ) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
 
 # Each unit test links only the rooms it tests, so one room's tests build while another is
-# being changed: tests named test_conf* need conf/, test_certstore* certstore/ and conf/, the
-# rest everything.
-$(BUILD)/tests/test_conf%: tests/unit/test_conf%.c $(CONF_OBJ) tests/unit/check.h
+# being changed: test_conf needs conf/, test_certstore certstore/ and conf/, the rest everything.
+$(BUILD)/tests/test_conf: tests/unit/test_conf.c $(CONF_OBJ) tests/unit/check.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(CONF_OBJ) $(PKG_LIBS) $(LDLIBS)
 
-$(BUILD)/tests/test_certstore%: tests/unit/test_certstore%.c $(CS_OBJ) $(CONF_OBJ) tests/unit/check.h
+$(BUILD)/tests/test_certstore: tests/unit/test_certstore.c tests/unit/certgen.h $(CS_OBJ) $(CONF_OBJ) tests/unit/check.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(CS_OBJ) $(CONF_OBJ) $(PKG_LIBS) $(LDLIBS)
 
@@ -78,8 +77,14 @@ unit-bins: $(UNIT_BIN)
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; (cd tests/unit && ../../$$t); done
 
+# libconfig 1.5 leaks inside its lexer on some malformed configs (the -t tests feed it some);
+# that one frame is suppressed, and slow unwinding is needed to see it (libconfig has no frame
+# pointers).
+SAN_ENV := ASAN_OPTIONS=fast_unwind_on_malloc=0:detect_leaks=1 \
+	LSAN_OPTIONS=suppressions=$(abspath tests/fuzz/lsan.supp):print_suppressions=0
+
 integration: $(BUILD)/mailsnid $(BENCH_BIN)
-	MAILSNID=$(abspath $(BUILD)/mailsnid) BENCHBIN=$(abspath $(BUILD)/bench) SANITIZE=$(SANITIZE) \
+	$(if $(filter 1,$(SANITIZE)),$(SAN_ENV)) MAILSNID=$(abspath $(BUILD)/mailsnid) BENCHBIN=$(abspath $(BUILD)/bench) SANITIZE=$(SANITIZE) \
 	  python3 -m unittest discover -s tests/integration -p 'test_*.py' -v
 
 clean:

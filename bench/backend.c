@@ -31,8 +31,10 @@ static const char *const mode_names[] = { "echo", "sink", "source", "imap" };
 static const char greeting[] = "* OK [CAPABILITY IMAP4rev1] ready\r\n";
 
 /* One per listener and one per connection; epoll's data.ptr points at it.
- * Ownership: the loop frees a connection in conn_close(); listeners live until exit. */
+ * Ownership: all sit on the `all` list; conn_close() unlinks and frees one, and exit frees the
+ * rest, so a sanitizer build exits clean (tests may run this backend under ASan). */
 struct conn {
+    struct conn *prev, *next;
     int fd;
     enum mode mode;
     int listening;
@@ -44,6 +46,7 @@ struct conn {
 
 static volatile sig_atomic_t stop;
 static int epfd;
+static struct conn *all;
 /* 64 KB: large enough that a bulk stream costs few syscalls, small enough to stay in cache. */
 static char iobuf[65536];
 
@@ -67,9 +70,28 @@ static int parse_addr(const char *text, struct sockaddr_in *sa)
     return inet_pton(AF_INET, host[0] ? host : "0.0.0.0", &sa->sin_addr) == 1 ? 0 : -1;
 }
 
+static struct conn *conn_new(int fd)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->fd = fd;
+    c->next = all;
+    if (all)
+        all->prev = c;
+    all = c;
+    return c;
+}
+
 static void conn_close(struct conn *c)
 {
     close(c->fd);   /* also removes it from the epoll set */
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        all = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
     free(c->pending);
     free(c);
 }
@@ -111,12 +133,11 @@ static void on_accept(struct conn *l)
         /* Small echoes (latency scenario) must not wait for Nagle. */
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        struct conn *c = calloc(1, sizeof *c);
+        struct conn *c = conn_new(fd);
         if (!c) {
             close(fd);
             continue;
         }
-        c->fd = fd;
         c->mode = l->mode;
         struct epoll_event ev = { .events = c->mode == MODE_SOURCE ? EPOLLOUT | EPOLLIN : EPOLLIN,
                                   .data.ptr = c };
@@ -195,10 +216,11 @@ static int add_listener(const char *addr, enum mode mode)
         close(fd);
         return -1;
     }
-    struct conn *l = calloc(1, sizeof *l);
-    if (!l)
+    struct conn *l = conn_new(fd);
+    if (!l) {
+        close(fd);
         return -1;
-    l->fd = fd;
+    }
     l->mode = mode;
     l->listening = 1;
     struct epoll_event ev = { .events = EPOLLIN, .data.ptr = l };
@@ -259,5 +281,8 @@ int main(int argc, char **argv)
                 on_event(c, evs[i].events);
         }
     }
+    while (all)
+        conn_close(all);
+    close(epfd);
     return 0;
 }

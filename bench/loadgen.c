@@ -187,7 +187,7 @@ static const char *ssl_why(int ret, int err)
 }
 
 /* I/O over TLS or plain TCP. Returns bytes (>0), 0 when it would block (c->want says on what),
- * -1 on EOF or error (ERRBUF explains). */
+ * -1 on EOF or error (*WHY explains). */
 static int c_io(struct conn *c, int writing, void *buf, size_t len, const char **why)
 {
     if (c->ssl && c->state != S_PLAIN_GREETING && c->state != S_PLAIN_STARTTLS && c->state != S_PLAIN_OK) {

@@ -45,7 +45,11 @@ int cs_name_normalize(const char *name, size_t len, bool allow_wildcard, char *o
  * *errors gets "FILE:LINE: reason\n" lines (LINE = the config line of the entry). A bad folder
  * under cert_dirs is skipped with a warning. Warnings (expired certificates, skipped folders,
  * keys readable by others) are appended to *warnings as "FILE: reason\n" lines. Both strings are
- * heap-allocated or NULL; the caller frees them. */
+ * heap-allocated or NULL; the caller frees them.
+ * struct conf records no line for tls = { } nor for cert_dirs, so errors about the default pair
+ * and about a cert_dirs entry that cannot be opened carry LINE 0. The default pair's own names
+ * are indexed too (a client asking for the server's name gets kind EXACT). Safe to call from any
+ * thread while PREVIOUS is serving; PREVIOUS is only read. */
 int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs_store **out,
                    char **errors, char **warnings);
 void cs_store_ref(struct cs_store *store);
@@ -54,7 +58,8 @@ void cs_store_unref(struct cs_store *store);
 /* Counts for logs, -t and --certs. */
 struct cs_stats {
     size_t pairs, exact_names, wildcard_names, skipped;
-    size_t pairs_added, pairs_changed, pairs_removed; /* against PREVIOUS at build time */
+    size_t pairs_added, pairs_changed, pairs_removed; /* against PREVIOUS at build time; with no
+                                                        * PREVIOUS every pair counts as added */
 };
 void cs_store_stats(const struct cs_store *store, struct cs_stats *stats);
 
@@ -65,7 +70,10 @@ struct cs_match {
 };
 /* Pure lookup: exact name, then a one-label wildcard, then the default pair; valid pairs are
  * preferred over expired or not-yet-valid ones at every step (see SPEC.md). SNI may be NULL.
- * NOW is the time used for validity. */
+ * NOW is the time used for validity. At a "valid" step only the valid pairs are returned, even
+ * when that leaves a key type empty (a valid ECDSA pair is never joined by an expired RSA one).
+ * An SNI that is not a host name counts as a name that matches nothing (kind DEFAULT). The pairs
+ * stay valid as long as the caller's reference to STORE. */
 void cs_store_lookup(const struct cs_store *store, const char *sni, size_t sni_len, time_t now,
                      struct cs_match *match);
 
@@ -87,7 +95,9 @@ void cs_current_set(struct cs_current *current, struct cs_store *store); /* take
 
 /* Installs the ClientHello callback on CTX: it reads the SNI name, looks it up in CURRENT's
  * snapshot and installs the matching pair(s) on the SSL (both ECDSA and RSA when the name has
- * both, so that OpenSSL picks by the client's signature algorithms). */
+ * both, so that OpenSSL picks by the client's signature algorithms). Any certificate the SSL
+ * inherited from CTX is cleared first, so CTX needs none. A server_name extension whose lengths
+ * do not add up fails the handshake with a decode_error alert. CURRENT must outlive CTX. */
 void cs_select_install(SSL_CTX *ctx, struct cs_current *current);
 
 /* After the handshake: what the callback chose for this SSL. */
@@ -96,7 +106,8 @@ struct cs_choice {
     char sni[CS_NAME_MAX + 1];          /* normalised SNI name, "" when none */
 };
 const struct cs_choice *cs_choice_of(const SSL *ssl); /* NULL if the callback did not run */
-/* Path of the certificate OpenSSL actually used for SSL (after the handshake), or "-". */
+/* Path of the certificate OpenSSL actually used for SSL (after the handshake), or "-". The
+ * string lives as long as SSL holds that certificate, even across reloads. */
 const char *cs_used_cert_path(const SSL *ssl);
 
 #endif

@@ -1,5 +1,6 @@
 /* index.c: the static name → candidate pairs hash index (one for exact names, one for wildcard
- * suffixes). Built once per snapshot, then only read, from any thread, without locks.
+ * suffixes), and the lookup through both that picks a handshake's pairs. Built once per
+ * snapshot, then only read, from any thread, without locks.
  *
  * Open addressing with linear probing over a slot array of 32-bit entry numbers at most half
  * full: a lookup is one hash over the name, usually one slot and one memcmp, and the whole
@@ -133,4 +134,69 @@ const struct cs_index_entry *cs_index_find(const struct cs_index *index, const c
         if (e->hash == h && e->name_len == len && memcmp(index->names + e->name, name, len) == 0)
             return e;
     }
+}
+
+/* ---- lookup ---- */
+
+/* Takes, for each key type, the first candidate of E that suits (candidates are sorted latest
+ * not-after first, so that is the best one). Returns whether it took any. */
+static bool take(const struct cs_index *index, const struct cs_index_entry *e, time_t now,
+                 bool valid_only, struct cs_match *match)
+{
+    bool any = false;
+    if (!e)
+        return false;
+    for (uint32_t i = 0; i < e->count; i++) {
+        const struct cs_pair *p = index->cands[e->first + i];
+        if (valid_only && !cs_pair_valid_at(p, now))
+            continue;
+        if (!match->pair[p->key_type])
+            match->pair[p->key_type] = p;
+        any = true;
+    }
+    return any;
+}
+
+/* The order is the SPEC's: valid exact, valid wildcard, expired exact, expired wildcard, default.
+ * At a "valid" step only the valid pairs are installed, even if that leaves a key type out: a
+ * client that could use either would otherwise be handed the expired one when it lists that
+ * signature algorithm first. */
+void cs_store_lookup_normalized(const struct cs_store *store, const char *name, size_t len,
+                                time_t now, struct cs_match *match)
+{
+    memset(match, 0, sizeof(*match));
+    if (name) {
+        const struct cs_index_entry *e = cs_index_find(&store->exact, name, len), *w = NULL;
+        const char *dot = memchr(name, '.', len);
+        if (dot)
+            w = cs_index_find(&store->wild, dot + 1, len - (size_t)(dot + 1 - name));
+        for (int valid = 1; valid >= 0; valid--) {
+            if (take(&store->exact, e, now, valid, match)) {
+                match->kind = CS_KIND_EXACT;
+                return;
+            }
+            if (take(&store->wild, w, now, valid, match)) {
+                match->kind = CS_KIND_WILDCARD;
+                return;
+            }
+        }
+        match->kind = CS_KIND_DEFAULT;
+    } else {
+        match->kind = CS_KIND_NONE;
+    }
+    if (store->def)
+        match->pair[store->def->key_type] = store->def;
+}
+
+void cs_store_lookup(const struct cs_store *store, const char *sni, size_t sni_len, time_t now,
+                     struct cs_match *match)
+{
+    char norm[CS_NAME_MAX + 1];
+    if (!sni) {
+        cs_store_lookup_normalized(store, NULL, 0, now, match);
+        return;
+    }
+    /* A name that is not a host name cannot match anything; it still counts as "sent a name". */
+    int n = cs_name_normalize(sni, sni_len, false, norm);
+    cs_store_lookup_normalized(store, n < 0 ? "" : norm, n < 0 ? 0 : (size_t)n, now, match);
 }

@@ -59,10 +59,10 @@ void cs_msg_add(struct cs_msg *msg, const char *fmt, ...) __attribute__((format(
 /* load.c */
 /* Build-time dedupe tables for chains and their certificates; seeded from the previous
  * snapshot so that a reload keeps sharing with the pairs it reuses. */
-struct cs_interner;
-struct cs_interner *cs_interner_new(void);
-void cs_interner_free(struct cs_interner *in);
-int cs_interner_seed(struct cs_interner *in, struct cs_chain *chain);
+struct cs_loader;
+struct cs_loader *cs_loader_new(void);
+void cs_loader_free(struct cs_loader *in);
+int cs_loader_seed(struct cs_loader *in, struct cs_chain *chain);
 void cs_chain_unref(struct cs_chain *chain);
 
 int cs_file_id_of(const char *path, struct cs_file_id *id);
@@ -71,7 +71,7 @@ bool cs_file_id_eq(const struct cs_file_id *a, const struct cs_file_id *b);
 /* Reads CERT_PATH and KEY_PATH into a new pair (one X509 reference, returned through *out).
  * On failure returns a negative errno and writes a one-line human reason (no newline, no file
  * prefix) to REASON. Warnings (key readable by others) go to WARN prefixed by the file. */
-int cs_pair_load(struct cs_interner *in, const char *cert_path, const char *key_path,
+int cs_pair_load(struct cs_loader *in, const char *cert_path, const char *key_path,
                  struct cs_pair **out, char *reason, size_t reason_len, struct cs_msg *warn);
 void cs_pair_ref(struct cs_pair *pair);
 void cs_pair_unref(struct cs_pair *pair);
@@ -114,8 +114,17 @@ const struct cs_index_entry *cs_index_find(const struct cs_index *index, const c
                                            size_t len);
 uint64_t cs_name_hash(const char *name, size_t len);
 
-/* store.c */
-/* Lookup with an already normalised NAME (NULL = no SNI). */
+/* store.c builds it; index.c looks names up in it. */
+struct cs_store {
+    atomic_uint refs;
+    struct cs_pair *def;                  /* also in pairs[] */
+    struct cs_pair **pairs;               /* one reference each, in load order */
+    size_t n_pairs;
+    struct cs_index exact, wild;          /* wild is keyed by the suffix after "*." */
+    struct cs_stats stats;
+};
+
+/* index.c: lookup with an already normalised NAME (NULL = no SNI). */
 void cs_store_lookup_normalized(const struct cs_store *store, const char *name, size_t len,
                                 time_t now, struct cs_match *match);
 

@@ -1,5 +1,5 @@
 /* store.c: builds a snapshot from the config, hands out references to it, publishes it, and
- * answers lookups and --certs from it. */
+ * prints it for --certs. */
 #include <errno.h>
 #include <dirent.h>
 #include <limits.h>
@@ -11,15 +11,6 @@
 
 #include "certstore/internal.h"
 #include "conf/conf.h"
-
-struct cs_store {
-    atomic_uint refs;
-    struct cs_pair *def;                  /* also in pairs[] */
-    struct cs_pair **pairs;               /* one reference each */
-    size_t n_pairs;
-    struct cs_index exact, wild;          /* wild is keyed by the suffix after "*." */
-    struct cs_stats stats;
-};
 
 void cs_msg_add(struct cs_msg *msg, const char *fmt, ...)
 {
@@ -114,10 +105,11 @@ struct name_ref {
 
 struct build {
     const struct conf *conf;
-    struct cs_store *prev;
     struct pairmap prev_map;
-    struct pairmap map;                   /* this build's pairs, one reference each */
-    struct cs_interner *interner;
+    struct pairmap map;                   /* this build's pairs, to find them by path */
+    struct cs_pair **pairs;               /* the same, in load order; one reference each */
+    size_t n_pairs, pairs_cap;
+    struct cs_loader *loader;
     struct cs_msg errors, warnings;
     char *names;                          /* normalised names, back to back */
     size_t names_len, names_cap;
@@ -148,7 +140,7 @@ static int pair_get(struct build *b, const char *cert, const char *key, struct c
             return 0;
         }
     }
-    return cs_pair_load(b->interner, cert, key, out, reason, reason_len, &b->warnings);
+    return cs_pair_load(b->loader, cert, key, out, reason, reason_len, &b->warnings);
 }
 
 /* Makes P (a reference from pair_get) part of the snapshot, or drops the extra reference when
@@ -159,17 +151,27 @@ static int pair_commit(struct build *b, struct cs_pair *p)
         cs_pair_unref(p);
         return 0;
     }
-    if (pairmap_put(&b->map, p) < 0) {
-        cs_pair_unref(p);
-        b->oom = true;
-        return -ENOMEM;
+    if (b->n_pairs == b->pairs_cap) {
+        size_t cap = b->pairs_cap ? b->pairs_cap * 2 : 64;
+        struct cs_pair **pairs = realloc(b->pairs, cap * sizeof(*pairs));
+        if (!pairs)
+            goto oom;
+        b->pairs = pairs;
+        b->pairs_cap = cap;
     }
+    if (pairmap_put(&b->map, p) < 0)
+        goto oom;
+    b->pairs[b->n_pairs++] = p;
     struct cs_pair *old = pairmap_get(&b->prev_map, p->paths, p->key_path);
     if (!old)
         b->stats.pairs_added++;
     else if (old != p)
         b->stats.pairs_changed++;
     return 0;
+oom:
+    cs_pair_unref(p);
+    b->oom = true;
+    return -ENOMEM;
 }
 
 static void name_add(struct build *b, const char *name, size_t len, struct cs_pair *pair)
@@ -320,7 +322,10 @@ static void load_dir(struct build *b, const char *dir)
             continue;
         snprintf(cert, sizeof(cert), "%s/fullchain.pem", sub);
         snprintf(key, sizeof(key), "%s/privkey.pem", sub);
-        if (pair_get(b, cert, key, &p, reason, sizeof(reason)) < 0) {
+        int rc = pair_get(b, cert, key, &p, reason, sizeof(reason));
+        if (rc == -ENOMEM)
+            b->oom = true;
+        if (rc < 0) {
             cs_msg_add(&b->warnings, "%s: skipped: %s\n", sub, reason);
             b->stats.skipped++;
             continue;
@@ -385,19 +390,19 @@ static void warn_validity(struct build *b, const struct cs_pair *p, time_t now)
 int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs_store **out,
                    char **errors, char **warnings)
 {
-    struct build b = { .conf = conf, .prev = previous };
+    struct build b = { .conf = conf };
     struct cs_store *s = NULL;
     int rc = -ENOMEM;
 
     *out = NULL;
     *errors = NULL;
     *warnings = NULL;
-    b.interner = cs_interner_new();
-    if (!b.interner)
+    b.loader = cs_loader_new();
+    if (!b.loader)
         goto fail;
     for (size_t i = 0; previous && i < previous->n_pairs; i++)
         if (pairmap_put(&b.prev_map, previous->pairs[i]) < 0 ||
-            cs_interner_seed(b.interner, previous->pairs[i]->chain) < 0)
+            cs_loader_seed(b.loader, previous->pairs[i]->chain) < 0)
             goto fail;
 
     load_default(&b);
@@ -425,20 +430,15 @@ int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs
     if (!s)
         goto fail;
     atomic_init(&s->refs, 1);
-    s->pairs = malloc((b.map.n ? b.map.n : 1) * sizeof(*s->pairs));
-    if (!s->pairs)
-        goto fail;
-    time_t now = time(NULL);
-    for (size_t i = 0; b.map.slots && i <= b.map.mask; i++) {
-        struct cs_pair *p = b.map.slots[i];
-        if (!p)
-            continue;
-        s->pairs[s->n_pairs++] = p;
-        b.map.slots[i] = NULL;            /* the store owns the reference now */
-        warn_validity(&b, p, now);
-    }
-    b.map.n = 0;
+    /* The store takes over the pairs and their references. */
+    s->pairs = b.pairs;
+    s->n_pairs = b.n_pairs;
+    b.pairs = NULL;
+    b.n_pairs = 0;
     s->def = def;
+    time_t now = time(NULL);
+    for (size_t i = 0; i < s->n_pairs; i++)
+        warn_validity(&b, s->pairs[i], now);
     if (index_names(&b, &s->exact, false) < 0 || index_names(&b, &s->wild, true) < 0)
         goto fail;
 
@@ -452,11 +452,12 @@ int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs
 fail:
     if (s)
         store_free(s);
-    for (size_t i = 0; b.map.slots && i <= b.map.mask; i++)
-        cs_pair_unref(b.map.slots[i]);
+    for (size_t i = 0; i < b.n_pairs; i++)
+        cs_pair_unref(b.pairs[i]);
+    free(b.pairs);
     free(b.map.slots);
     free(b.prev_map.slots);
-    cs_interner_free(b.interner);
+    cs_loader_free(b.loader);
     free(b.names);
     free(b.refs);
     if (rc == -ENOMEM && !b.errors.len)
@@ -481,71 +482,6 @@ void cs_store_unref(struct cs_store *store)
 void cs_store_stats(const struct cs_store *store, struct cs_stats *stats)
 {
     *stats = store->stats;
-}
-
-/* ---- lookup ---- */
-
-/* Takes, for each key type, the first candidate of E that suits (candidates are sorted latest
- * not-after first, so that is the best one). Returns whether it took any. */
-static bool take(const struct cs_index *index, const struct cs_index_entry *e, time_t now,
-                 bool valid_only, struct cs_match *match)
-{
-    bool any = false;
-    if (!e)
-        return false;
-    for (uint32_t i = 0; i < e->count; i++) {
-        const struct cs_pair *p = index->cands[e->first + i];
-        if (valid_only && !cs_pair_valid_at(p, now))
-            continue;
-        if (!match->pair[p->key_type])
-            match->pair[p->key_type] = p;
-        any = true;
-    }
-    return any;
-}
-
-/* The order is the SPEC's: valid exact, valid wildcard, expired exact, expired wildcard, default.
- * At a "valid" step only the valid pairs are installed, even if that leaves a key type out: a
- * client that could use either would otherwise be handed the expired one when it lists that
- * signature algorithm first. */
-void cs_store_lookup_normalized(const struct cs_store *store, const char *name, size_t len,
-                                time_t now, struct cs_match *match)
-{
-    memset(match, 0, sizeof(*match));
-    if (name) {
-        const struct cs_index_entry *e = cs_index_find(&store->exact, name, len), *w = NULL;
-        const char *dot = memchr(name, '.', len);
-        if (dot)
-            w = cs_index_find(&store->wild, dot + 1, len - (size_t)(dot + 1 - name));
-        for (int valid = 1; valid >= 0; valid--) {
-            if (take(&store->exact, e, now, valid, match)) {
-                match->kind = CS_KIND_EXACT;
-                return;
-            }
-            if (take(&store->wild, w, now, valid, match)) {
-                match->kind = CS_KIND_WILDCARD;
-                return;
-            }
-        }
-        match->kind = CS_KIND_DEFAULT;
-    } else {
-        match->kind = CS_KIND_NONE;
-    }
-    if (store->def)
-        match->pair[store->def->key_type] = store->def;
-}
-
-void cs_store_lookup(const struct cs_store *store, const char *sni, size_t sni_len, time_t now,
-                     struct cs_match *match)
-{
-    char norm[CS_NAME_MAX + 1];
-    if (!sni) {
-        cs_store_lookup_normalized(store, NULL, 0, now, match);
-        return;
-    }
-    /* A name that is not a host name cannot match anything; it still counts as "sent a name". */
-    int n = cs_name_normalize(sni, sni_len, false, norm);
-    cs_store_lookup_normalized(store, n < 0 ? "" : norm, n < 0 ? 0 : (size_t)n, now, match);
 }
 
 const char *cs_pair_cert_path(const struct cs_pair *pair)

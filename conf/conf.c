@@ -291,6 +291,7 @@ int conf_load(const char *path, struct conf **out, char **errors)
     struct conf *conf = NULL;
     config_t cfg;
     bool have_cfg = false;
+    char *text;
     int rc;
 
     if (out)
@@ -311,13 +312,13 @@ int conf_load(const char *path, struct conf **out, char **errors)
     /* @include paths then mean the same as every other path in the file: relative to it. */
     config_set_include_dir(&cfg, ctx.dir);
     if (!config_read_file(&cfg, path)) {
-        const char *text = config_error_text(&cfg) ? config_error_text(&cfg) : "syntax error";
+        const char *why = config_error_text(&cfg) ? config_error_text(&cfg) : "syntax error";
         if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO) {
-            conf_error_at(&ctx, NULL, 0, "cannot read: %s", text);
+            conf_error_at(&ctx, NULL, 0, "cannot read: %s", why);
             rc = -EIO;
         } else {
             int line = config_error_line(&cfg);
-            conf_error_at(&ctx, config_error_file(&cfg), line > 0 ? (unsigned)line : 1, "%s", text);
+            conf_error_at(&ctx, config_error_file(&cfg), line > 0 ? (unsigned)line : 1, "%s", why);
             rc = -EINVAL;
         }
         goto fail;
@@ -329,12 +330,11 @@ int conf_load(const char *path, struct conf **out, char **errors)
         goto fail;
     }
     parse_root(&ctx, conf, config_root_setting(&cfg));
-    if (ctx.oom || ctx.n_errors)
+    if (ctx.oom || ctx.n_msgs)
         goto fail;
 
     config_destroy(&cfg);
     free(ctx.dir);
-    free(ctx.err);
     *out = conf;
     return 0;
 
@@ -343,18 +343,20 @@ fail:
         config_destroy(&cfg);
     conf_free(conf);
     free(ctx.dir);
+    text = conf_errors_take(&ctx);
+    conf_errors_free(&ctx);
     if (ctx.oom) {
         rc = -ENOMEM;
-        free(ctx.err);
-        if (asprintf(&ctx.err, "%s: out of memory\n", ctx.path) < 0)
-            ctx.err = NULL;
+        free(text);
+        if (asprintf(&text, "%s: out of memory\n", ctx.path) < 0)
+            text = NULL;
     } else if (rc == 0) {
         rc = -EINVAL;
     }
     if (errors)
-        *errors = ctx.err;
+        *errors = text;
     else
-        free(ctx.err);
+        free(text);
     return rc;
 }
 

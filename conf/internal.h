@@ -19,20 +19,22 @@
 struct conf_ctx {
     const char *path;           /* the config file as the caller named it */
     char *dir;                  /* its directory, absolute: relative paths and @include resolve here */
-    char *err;                  /* "FILE:LINE: reason\n" lines; owned, handed to the caller */
-    size_t err_len, err_cap;
-    unsigned n_errors;
+    struct conf_msg *msgs;      /* what went wrong, in the order it was found */
+    size_t n_msgs, cap_msgs;
     bool oom;                   /* an allocation failed: the result is -ENOMEM whatever else */
 };
 
-/* value.c: error reporting. */
-/* LINE 0 leaves the line out, for messages about the file as a whole. */
+/* value.c: error reporting. LINE 0 leaves the line out, for messages about the whole file. */
 void conf_error_at(struct conf_ctx *ctx, const char *file, unsigned line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* "FILE:LINE: KEYPATH: message" where FILE and LINE are S's and KEYPATH is e.g. listeners[1].listen. */
 void conf_error(struct conf_ctx *ctx, const config_setting_t *s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void conf_oom(struct conf_ctx *ctx);
+/* The messages as "FILE:LINE: reason\n" lines in file and line order, as one heap string (NULL
+ * when there are none or memory ran out). conf_errors_free() releases the messages. */
+char *conf_errors_take(struct conf_ctx *ctx);
+void conf_errors_free(struct conf_ctx *ctx);
 /* Prints S quoted, escaped and shortened into BUF, for messages that must stay one line. */
 const char *conf_quote(char *buf, size_t size, const char *s);
 #define CONF_QUOTE_MAX 80
@@ -54,7 +56,7 @@ int conf_read_path(struct conf_ctx *ctx, const config_setting_t *g, const char *
 char *conf_resolve(struct conf_ctx *ctx, const char *path);
 /* A non-empty string element of a list or array, or NULL (reported). */
 const char *conf_elem_str(struct conf_ctx *ctx, const config_setting_t *s);
-/* S if it is a list or an array (reported otherwise), for keys taking several strings. */
+/* Is S a list or an array (reported if not)? For keys that take several strings. */
 bool conf_is_seq(struct conf_ctx *ctx, const config_setting_t *s, const char *what);
 bool conf_is_group(struct conf_ctx *ctx, const config_setting_t *s);
 /* KEY is one destination address or a list or array of them (tried in order); *out is heap. */

@@ -16,38 +16,98 @@ void conf_oom(struct conf_ctx *ctx)
     ctx->oom = true;
 }
 
-static void err_vappend(struct conf_ctx *ctx, const char *prefix, const char *fmt, va_list ap)
+/* One reported problem. Kept apart until the end so the list can be put in file order: the walk
+ * visits the schema in its own order, an operator reads the file top to bottom. */
+struct conf_msg {
+    char *text;                 /* "FILE:LINE: reason", no newline */
+    size_t file_len;            /* FILE's length at the start of text */
+    size_t file_rank;           /* files in order of their first message */
+    unsigned line;
+    size_t seq;
+};
+
+static void add_msg(struct conf_ctx *ctx, const char *file, unsigned line, const char *prefix,
+                    const char *fmt, va_list ap)
 {
     char msg[512];
-    int n;
-    size_t plen, need;
+    struct conf_msg *m;
+    size_t flen = strlen(file), rank = ctx->n_msgs;
 
     if (ctx->oom)
         return;
-    /* A truncated message is still a useful message; the bound keeps one line one line. */
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    plen = strlen(prefix);
-    n = (int)strlen(msg);
-    need = ctx->err_len + plen + (size_t)n + 2;
-    if (need > ctx->err_cap) {
-        size_t cap = ctx->err_cap ? ctx->err_cap : 256;
-        char *p;
-        while (cap < need)
-            cap *= 2;
-        p = realloc(ctx->err, cap);
+    if (ctx->n_msgs == ctx->cap_msgs) {
+        size_t cap = ctx->cap_msgs ? ctx->cap_msgs * 2 : 16;
+        struct conf_msg *p = realloc(ctx->msgs, cap * sizeof *p);
         if (!p) {
             conf_oom(ctx);
             return;
         }
-        ctx->err = p;
-        ctx->err_cap = cap;
+        ctx->msgs = p;
+        ctx->cap_msgs = cap;
     }
-    memcpy(ctx->err + ctx->err_len, prefix, plen);
-    memcpy(ctx->err + ctx->err_len + plen, msg, (size_t)n);
-    ctx->err_len += plen + (size_t)n;
-    ctx->err[ctx->err_len++] = '\n';
-    ctx->err[ctx->err_len] = '\0';
-    ctx->n_errors++;
+    for (size_t i = 0; i < ctx->n_msgs; i++) {
+        const struct conf_msg *o = &ctx->msgs[i];
+        if (o->file_len == flen && memcmp(o->text, file, flen) == 0) {
+            rank = o->file_rank;
+            break;
+        }
+    }
+    /* A truncated message is still a useful message; the bound keeps one line one line. */
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    m = &ctx->msgs[ctx->n_msgs];
+    if (asprintf(&m->text, "%s%s", prefix, msg) < 0) {
+        conf_oom(ctx);
+        return;
+    }
+    m->file_len = flen;
+    m->file_rank = rank;
+    m->line = line;
+    m->seq = ctx->n_msgs++;
+}
+
+static int cmp_msg(const void *a, const void *b)
+{
+    const struct conf_msg *x = a, *y = b;
+
+    if (x->file_rank != y->file_rank)
+        return x->file_rank < y->file_rank ? -1 : 1;
+    if (x->line != y->line)
+        return x->line < y->line ? -1 : 1;
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+char *conf_errors_take(struct conf_ctx *ctx)
+{
+    size_t len = 0, o = 0;
+    char *out;
+
+    if (ctx->n_msgs == 0 || ctx->oom)
+        return NULL;
+    qsort(ctx->msgs, ctx->n_msgs, sizeof *ctx->msgs, cmp_msg);
+    for (size_t i = 0; i < ctx->n_msgs; i++)
+        len += strlen(ctx->msgs[i].text) + 1;
+    out = malloc(len + 1);
+    if (!out) {
+        conf_oom(ctx);
+        return NULL;
+    }
+    for (size_t i = 0; i < ctx->n_msgs; i++) {
+        size_t n = strlen(ctx->msgs[i].text);
+        memcpy(out + o, ctx->msgs[i].text, n);
+        o += n;
+        out[o++] = '\n';
+    }
+    out[o] = '\0';
+    return out;
+}
+
+void conf_errors_free(struct conf_ctx *ctx)
+{
+    for (size_t i = 0; i < ctx->n_msgs; i++)
+        free(ctx->msgs[i].text);
+    free(ctx->msgs);
+    ctx->msgs = NULL;
+    ctx->n_msgs = ctx->cap_msgs = 0;
 }
 
 /* Settings from an @included file carry the name as written in the @include, which libconfig
@@ -74,7 +134,7 @@ void conf_error_at(struct conf_ctx *ctx, const char *file, unsigned line, const 
     else
         snprintf(prefix, sizeof prefix, "%s: ", name);
     va_start(ap, fmt);
-    err_vappend(ctx, prefix, fmt, ap);
+    add_msg(ctx, name, line, prefix, fmt, ap);
     va_end(ap);
 }
 
@@ -117,7 +177,7 @@ void conf_error(struct conf_ctx *ctx, const config_setting_t *s, const char *fmt
     setting_path(s, key, sizeof key);
     snprintf(prefix, sizeof prefix, "%s:%u: %s%s", name, conf_line(s), key, key[0] ? ": " : "");
     va_start(ap, fmt);
-    err_vappend(ctx, prefix, fmt, ap);
+    add_msg(ctx, name, conf_line(s), prefix, fmt, ap);
     va_end(ap);
 }
 

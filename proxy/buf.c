@@ -34,7 +34,7 @@ void buf_put(struct buf *b)
 {
     if (!b)
         return;
-    if (pool_count >= BUF_POOL_MAX) {
+    if (pool_count + 1 > BUF_POOL_MAX) {
         free(b);
         return;
     }

@@ -1,11 +1,11 @@
 """Real Dovecot 2.3 and Postfix 3.7 as throwaway mail backends for mailsnid's tests.
 
     with MailBackends(workdir) as mb:                 # start() ... stop(), also on exceptions
-        imaplib.IMAP4(mb.host, mb.imap_port).login("alice@alpha.test", USERS["alice@alpha.test"])
+        imaplib.IMAP4(mb.host, mb.imap_port).login("bob@beta.test", USERS["bob@beta.test"])
         mb.put_message("alice@alpha.test", b"Subject: hi\\r\\n\\r\\nhello\\r\\n")
         smtplib.SMTP(mb.host, mb.smtp_port).sendmail(..., ["alice@alpha.test"], ...)
         mb.wait_for_mail("alice@alpha.test")
-        mb.wait_for_log("dovecot", r"imap-login: Login: user=<alice@alpha.test>.*rip=192\\.0\\.2\\.7")
+        mb.wait_for_log("dovecot", r"Login: user=<alice@alpha\\.test>.*rip=192\\.0\\.2\\.7")
 
 Everything lives under `workdir` (configs, runtime sockets, queue, logs, mailboxes); nothing is
 written to /etc, /run, /var/lib or /var/spool, and the system's Dovecot/Postfix are untouched.
@@ -24,16 +24,46 @@ addresses differ, and a plain connection is NOT secured -- verified by selftest.
 `haproxy = yes` port the PROXY header decides instead: secured iff it carries the PP2_TYPE_SSL
 TLV with the client-SSL bit (login_trusted_networks stays empty so nothing else can).
 
+Log lines (Dovecot 2.3.19 / Postfix 3.7, as seen here):
+    imap-login: Info: Login: user=<alice@alpha.test>, method=PLAIN, rip=192.0.2.7,
+        lip=127.0.0.1, mpid=7067, secured, session=<NPPEYPVgsxXAAAIH>,
+        local_name=mail.alpha.test             (PROXY v2 with SSL and AUTHORITY TLVs)
+    imap-login: Info: Login: user=<alice@alpha.test>, method=PLAIN, rip=127.0.0.1,
+        lip=127.0.0.2, mpid=5040, session=<...>                          (plain, not secured)
+    imap-login: Info: Login failed: Plaintext authentication disabled: user=<>,
+        rip=127.0.0.1, lip=127.0.0.2, session=<...>                      (strict, plain port)
+    lmtp(alice@alpha.test)<14369><...>: Info: msgid=<...>: saved mail to INBOX
+    postfix/smtp-haproxy/smtpd[2194]: connect from unknown[192.0.2.7]
+    postfix/submission/smtpd[..]: 4Xb..: client=unknown[127.0.0.1], sasl_method=PLAIN,
+        sasl_username=alice@alpha.test
+    postfix/lmtp[..]: 4Xb..: to=<alice@alpha.test>, relay=127.0.0.2[127.0.0.2]:N, ..., status=sent
+("secured" is what a PROXY session with the SSL TLV gets: "TLS" is logged only for Dovecot's
+own TLS. `local_name=` is the harness's addition to login_log_format_elements, present only
+when an AUTHORITY TLV came.) Postfix names each smtpd service by its syslog_name:
+postfix/smtp, postfix/smtp-haproxy, postfix/submission, postfix/submission-haproxy.
+
+Behaviours worth knowing:
+  * strict=True does not stop submission AUTH PLAIN over plaintext: disable_plaintext_auth and
+    ssl=required are enforced by Dovecot's login processes, not by its auth service for
+    Postfix's SASL requests; Postfix's smtpd_tls_auth_only decides (off here, as a port
+    behind a TLS proxy must have it).
+  * Postfix accepts PROXY v1 and v2 but ignores v2 TLVs: it cannot learn that the client used
+    TLS, nor the SNI.
+  * fast_auth_failures (default) removes Dovecot's 2 s failure delay and its per-IP penalty
+    that would delay later logins from the same IP (see _disable_auth_penalty).
+
 Ports: one block of PORT_SPAN ports from `base_port` (attribute names in PORT_OFFSETS); by
 default a free block is picked from 20000-31999, so parallel instances do not clash.
 
 Processes: both masters run in the foreground as our children (dovecot -F; Postfix's
-`master -s`, which is what `postfix start-fg` runs) so we know their PIDs without pid files and
-skip `postfix start`'s slow integrity check. Every daemon inherits MAILSNID_HARNESS_ID (both are
-told to import it), so stop() finds stragglers even after they were reparented, and start()
-sweeps leftovers of a crashed earlier run in the same workdir. With die_with_parent (default)
-the masters get SIGTERM if the Python thread that started them dies (setpriv --pdeathsig), so
-a killed test run does not leave daemons behind; start them from a long-lived thread.
+`master -s`, which is what `postfix start-fg` runs), each in its own session, so we know their
+PIDs without pid files and skip `postfix start`'s integrity check. stop() waits until every
+process of the instance is gone (zombies count as gone: PID 1 reaps late here), escalating to
+SIGKILL; it finds stragglers after reparenting by MAILSNID_HARNESS_ID in Postfix's environment
+(imported explicitly) and by Dovecot's process titles ("dovecot-mailsnid-<id>/<service>").
+start() sweeps leftovers of a crashed earlier run in the same workdir. With die_with_parent
+(default) a watchdog SIGTERMs the masters if this Python process dies in any way, so a killed
+test run does not leave daemons behind.
 """
 
 from __future__ import annotations
@@ -76,7 +106,6 @@ _AUTO_PORT_RANGE = (20000, 32000)      # below Linux's ephemeral range (32768+)
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
-SETPRIV = shutil.which("setpriv")
 _SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _MARKER_VAR = "MAILSNID_HARNESS_ID"
 
@@ -106,8 +135,28 @@ def _alive(pid: int) -> bool:
     return st is not None and st not in ("Z", "X")
 
 
-def _pids_with_marker(marker: str) -> list[int]:
-    needle = f"{_MARKER_VAR}={marker}".encode()
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return kids
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+def _pids_matching(env_needle: bytes, cmd_needles: tuple[bytes, ...]) -> list[int]:
+    """PIDs whose environment holds `env_needle` or whose command line contains any of
+    `cmd_needles`."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -115,9 +164,11 @@ def _pids_with_marker(marker: str) -> list[int]:
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 env = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
         except OSError:
             continue
-        if needle in env.split(b"\0"):
+        if env_needle in env.split(b"\0") or any(n in cmd for n in cmd_needles):
             found.append(int(entry))
     return found
 
@@ -181,14 +232,26 @@ class MailBackends:
     strict=True:  ssl = required, disable_plaintext_auth = yes, with a throwaway server cert.
         Plain LOGIN on the plain ports is then refused; through the haproxy ports it works
         only when the PROXY v2 header carries the SSL TLV with the client-SSL flag.
-    Port attributes: imap_port, imap_haproxy_port, pop3_port, pop3_haproxy_port, lmtp_port,
-    auth_port, smtp_port, smtp_haproxy_port, submission_port, submission_haproxy_port.
+    All listen on `host` (127.0.0.2 by default; see the module docstring for why).
     """
+
+    # Set from base_port + PORT_OFFSETS; listed here for readers and editors.
+    imap_port: int                  # Dovecot IMAP, plain
+    imap_haproxy_port: int          # Dovecot IMAP, `haproxy = yes` (PROXY v1/v2 required)
+    pop3_port: int
+    pop3_haproxy_port: int
+    lmtp_port: int                  # Dovecot LMTP: Postfix delivers here
+    auth_port: int                  # Dovecot auth-client protocol: Postfix's SASL
+    smtp_port: int                  # Postfix smtpd, MTA-facing ("port 25"), no AUTH
+    smtp_haproxy_port: int          # the same with smtpd_upstream_proxy_protocol=haproxy
+    submission_port: int            # Postfix smtpd requiring SASL AUTH (via Dovecot)
+    submission_haproxy_port: int    # the same behind PROXY v1/v2
 
     def __init__(self, workdir: str, base_port: int | None = None, *,
                  host: str = DEFAULT_HOST, strict: bool = False,
                  users: dict[str, str] | None = None, dovecot: bool = True,
                  postfix: bool = True, die_with_parent: bool = True,
+                 fast_auth_failures: bool = True,
                  start_timeout: float = 15.0, stop_timeout: float = 10.0):
         self.workdir = os.path.abspath(workdir)
         self.host = host
@@ -197,7 +260,8 @@ class MailBackends:
         self.domains = sorted({u.split("@", 1)[1] for u in self.users} | set(DOMAINS))
         self.run_dovecot = dovecot
         self.run_postfix = postfix
-        self.die_with_parent = die_with_parent and SETPRIV is not None
+        self.die_with_parent = die_with_parent
+        self.fast_auth_failures = fast_auth_failures
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._auto_port = base_port is None
@@ -215,11 +279,17 @@ class MailBackends:
         self.postfix_log_path = os.path.join(self.postfix_dir, "maillog")
         self._dovecot_base_dir = os.path.join(self.dovecot_dir, "run")
         self._short_base_dir: str | None = None   # /tmp fallback when the path is too long
+        self._dovecot_run_dir = self._dovecot_base_dir
         self._dovecot: subprocess.Popen | None = None
         self._postfix: subprocess.Popen | None = None
         self._out_files: list = []
+        self._watchdog: subprocess.Popen | None = None
+        self._watchdog_w: int | None = None
         self._msg_seq = 0
         self.started = False
+        self.start_seconds: float | None = None
+        self.stop_seconds: float | None = None
+        self.tls_ca: str | None = None      # strict mode: CA of Dovecot's own STARTTLS cert
 
     def _set_ports(self) -> None:
         for name, off in PORT_OFFSETS.items():
@@ -242,9 +312,25 @@ class MailBackends:
         self.stop()
 
     def start(self) -> "MailBackends":
+        """Start Dovecot and Postfix; return once every port listens (typically 0.1-0.4 s)."""
         if self.started:
             return self
         t0 = time.monotonic()
+        for attempt in range(3):
+            try:
+                self._start_once()
+                break
+            except BackendError as e:
+                # An auto-picked block can be taken between our check and the daemons'
+                # bind() by a parallel test: pick another one. Anything else is real.
+                if not (self._auto_port and "Address already in use" in str(e)
+                        and attempt < 2):
+                    raise
+        self.started = True
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    def _start_once(self) -> None:
         try:
             self._prepare_workdir()
             self._kill_leftovers()
@@ -262,31 +348,36 @@ class MailBackends:
             if self.run_postfix:
                 self._write_postfix_config()
                 self._start_postfix()
+            if self.die_with_parent:
+                self._start_watchdog()
             self._wait_ready(time.monotonic() + self.start_timeout)
+            if self.run_dovecot and self.fast_auth_failures:
+                self._disable_auth_penalty()
         except BaseException:
-            # Never leave half a setup running: the caller gets no object to stop().
+            # Never leave half a setup running: when start() raises inside `with`,
+            # __exit__ is not called, so nobody else would stop it.
             self.stop()
             raise
-        self.started = True
-        self.start_seconds = time.monotonic() - t0
-        return self
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = False) -> None:
         """Stop both daemons and wait until every process of this instance is gone.
 
-        Idempotent, safe after a failed start. Raises BackendError only if something
-        survives SIGKILL.
+        Idempotent, safe after a failed start; raises BackendError only if something
+        survives SIGKILL. graceful=True leaves Dovecot's shutdown to its master, which takes
+        1 s at best and 6 s when a child was still starting (see _stop_dovecot_fast).
         """
         t0 = time.monotonic()
+        self._stop_watchdog()
         masters = [p for p in (self._postfix, self._dovecot) if p is not None]
-        for p in masters:
-            if p.poll() is None:
-                try:
-                    p.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + self.stop_timeout
-        left = self._wait_gone(masters, deadline)
+        # Postfix's master stops its whole process group promptly on SIGTERM.
+        if self._postfix is not None and self._postfix.poll() is None:
+            self._postfix.send_signal(signal.SIGTERM)
+        if self._dovecot is not None and self._dovecot.poll() is None:
+            if graceful:
+                self._dovecot.send_signal(signal.SIGTERM)
+            else:
+                self._stop_dovecot_fast(self._dovecot)
+        left = self._wait_gone(masters, time.monotonic() + self.stop_timeout)
         if left:
             for pid in left:
                 try:
@@ -311,20 +402,57 @@ class MailBackends:
         if left:
             raise BackendError(f"processes survived SIGKILL: {left}")
 
+    def _stop_dovecot_fast(self, master: subprocess.Popen) -> None:
+        """Stop Dovecot in tens of milliseconds instead of Dovecot's own 1-6 s.
+
+        On SIGTERM Dovecot's master waits up to 5 s for its children to report that they
+        stopped listening (one still starting never does), then SIGQUITs every child left --
+        log, config and anvil always are -- and sleeps a fixed second
+        (src/master/service-monitor.c, services_monitor_wait_and_kill). Killing children
+        while it shuts down does not help reliably: its wait often ends first. So: SIGKILL
+        the master (it holds no mail data, and dead it can respawn nothing), then SIGTERM
+        the children, which exit cleanly -- anvil and log last, since the others talk to
+        them while exiting and would log errors if they went first.
+        """
+        kids = _children(master.pid)        # before the kill: afterwards init adopts them
+        master.kill()
+        master.wait()
+        last = [p for p in kids if _comm(p) in ("anvil", "log")]
+        for group in ([p for p in kids if p not in last], last):
+            for pid in group:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            until = time.monotonic() + 1.0
+            while any(_alive(p) for p in group) and time.monotonic() < until:
+                time.sleep(0.005)
+            if group is not last:
+                time.sleep(0.03)    # let the log process drain the dead writers' pipes
+
     def _wait_gone(self, masters: list, deadline: float) -> list[int]:
         while True:
             for p in masters:
                 p.poll()
             left = [p.pid for p in masters if p.returncode is None]
-            left += [pid for pid in _pids_with_marker(self.marker)
+            left += [pid for pid in self._instance_pids()
                      if _alive(pid) and pid not in left]
             if not left or time.monotonic() >= deadline:
                 return left
             time.sleep(0.02)
 
+    def _instance_pids(self) -> list[int]:
+        # Postfix's daemons keep MAILSNID_HARNESS_ID in /proc/PID/environ. Dovecot's do
+        # not -- they reuse that memory for their process titles -- but every title is
+        # "dovecot-<instance_name>/<service>", and the master's command line names our
+        # config file.
+        return _pids_matching(f"{_MARKER_VAR}={self.marker}".encode(),
+                              (f"dovecot-mailsnid-{self.marker}/".encode(),
+                               self.dovecot_conf.encode() + b"\0"))
+
     def remaining_processes(self) -> list[int]:
         """Live (non-zombie) processes of this instance; empty after stop()."""
-        return [pid for pid in _pids_with_marker(self.marker) if _alive(pid)]
+        return [pid for pid in self._instance_pids() if _alive(pid)]
 
     def _kill_leftovers(self) -> None:
         stale = self.remaining_processes()
@@ -362,10 +490,21 @@ class MailBackends:
             time.sleep(0.005)
 
     def _startup_diagnostics(self, name: str) -> str:
-        d = self.dovecot_dir if name == "dovecot" else self.postfix_dir
         out = []
-        for path in (os.path.join(d, f"{name}.stdout"),
-                     self.dovecot_log_path if name == "dovecot" else self.postfix_log_path):
+        if name == "dovecot":
+            paths = (os.path.join(self.dovecot_dir, "dovecot.stdout"), self.dovecot_log_path)
+        else:
+            paths = (self.postfix_log_path,)
+            # Postfix's master dies silently on errors it meets before postlogd runs (its
+            # log goes through postlogd); a port taken meanwhile is the usual one.
+            taken = [p for p in (self.smtp_port, self.smtp_haproxy_port,
+                                 self.submission_port, self.submission_haproxy_port)
+                     if not _port_free(self.host, p)]
+            if taken:
+                out.append(f"postfix ports now taken by another process: {taken}: "
+                           "Address already in use")
+            out.append(f"(for other errors: postfix -c {self.postfix_dir} check)")
+        for path in paths:
             try:
                 with open(path, errors="replace") as f:
                     text = f.read()[-4000:]
@@ -374,16 +513,47 @@ class MailBackends:
             out.append(f"--- {path}\n{text}")
         return "\n".join(out)
 
-    def _spawn(self, argv: list[str], name: str, env: dict) -> subprocess.Popen:
-        if self.die_with_parent:
-            argv = [SETPRIV, "--pdeathsig", "TERM", "--", *argv]
+    def _start_watchdog(self) -> None:
+        """A tiny `sh` that SIGTERMs the masters when this Python process dies.
+
+        It blocks reading a pipe whose only write end we hold; whatever ends us (an
+        exception we never see, SIGKILL, a CI timeout) closes it, `read` returns, and the
+        masters go. PR_SET_PDEATHSIG would be simpler but does not survive Postfix's master
+        (the kernel clears it when a process changes credentials, which master does).
+        stop() kills the watchdog before stopping the daemons itself.
+        """
+        pids = [str(p.pid) for p in (self._postfix, self._dovecot) if p is not None]
+        if not pids:
+            return
+        r, w = os.pipe()            # both non-inheritable: the daemons got neither end
+        try:
+            self._watchdog = subprocess.Popen(
+                ["/bin/sh", "-c", 'read _; kill -TERM "$@" 2>/dev/null', "watchdog", *pids],
+                stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=self._env(), start_new_session=True)
+        finally:
+            os.close(r)
+        self._watchdog_w = w
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
+        if self._watchdog_w is not None:
+            os.close(self._watchdog_w)
+            self._watchdog_w = None
+
+    def _spawn(self, argv: list[str], out_path: str, env: dict) -> subprocess.Popen:
         # The daemons' own stdout/stderr must not be our pipes: a daemon holding a pipe's
         # write end open keeps a caller that reads it (subprocess.run, CI logs) waiting.
-        out = open(os.path.join(self.workdir, name, f"{name}.stdout"), "ab")
+        out = open(out_path, "ab")
         self._out_files.append(out)
+        # A session of their own: a Ctrl-C meant for the test runner reaches only Python,
+        # whose stop() then shuts the daemons down in order.
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=env, close_fds=True,
-                                cwd=self.workdir)
+                                cwd=self.workdir, start_new_session=True)
 
     def _env(self) -> dict:
         # A minimal environment: nothing from the test runner's (CI's MAIL_CONFIG, a user's
@@ -397,11 +567,18 @@ class MailBackends:
         # Dovecot's dovenull/dovecot users and the mail user (nobody), and Postfix's postfix
         # user, must traverse every directory down to their files.
         os.chmod(self.workdir, 0o755)
+        # tempfile.mkdtemp() makes 0700 directories: open those up (search bit only) when
+        # they lie under the temp dir; anywhere else, say so rather than chmod a stranger's.
+        tmp_root = os.path.realpath(tempfile.gettempdir())
         d = os.path.dirname(self.workdir)
         while d != "/":
-            if not os.stat(d).st_mode & 0o001:
-                raise BackendError(f"{d} is not searchable by other users; the daemons' "
-                                   f"unprivileged users cannot reach {self.workdir}")
+            st = os.stat(d)
+            if not st.st_mode & 0o001:
+                if os.path.realpath(d).startswith(tmp_root + os.sep):
+                    os.chmod(d, (st.st_mode & 0o7777) | 0o011)
+                else:
+                    raise BackendError(f"{d} is not searchable by other users; the daemons' "
+                                       f"unprivileged users cannot reach {self.workdir}")
             d = os.path.dirname(d)
         for d in (self.dovecot_dir, self.postfix_dir, self.mail_dir):
             os.makedirs(d, exist_ok=True)
@@ -429,9 +606,15 @@ class MailBackends:
     def mail_files(self, user: str) -> list[str]:
         """Paths of the messages in the user's INBOX (new/ and cur/), oldest first."""
         md = self.maildir(user)
-        files = [os.path.join(md, sub, n) for sub in ("new", "cur")
-                 for n in os.listdir(os.path.join(md, sub)) if not n.startswith(".")]
-        return sorted(files, key=lambda p: (os.stat(p).st_mtime, p))
+        found = []
+        for sub in ("new", "cur"):
+            for n in os.listdir(os.path.join(md, sub)):
+                p = os.path.join(md, sub, n)
+                try:
+                    found.append((os.stat(p).st_mtime, p))
+                except FileNotFoundError:   # Dovecot moved it new/ -> cur/ meanwhile
+                    continue
+        return [p for _, p in sorted(found)]
 
     def put_message(self, user: str, data: bytes) -> str:
         """Drop a message into the user's INBOX as a maildir writer would (tmp/, then rename
@@ -546,8 +729,11 @@ class MailBackends:
         os.chmod(passwd, 0o644)
 
         if self.strict:
+            # ssl = required needs a certificate even though the tests never use Dovecot's
+            # own TLS (it would serve STARTTLS with it; tls_ca verifies that).
             pki = _certs.make_ca(os.path.join(self.dovecot_dir, "pki"))
             leaf = pki.issue([HOSTNAME], basename="dovecot")
+            self.tls_ca = pki.ca_pem
             ssl = (f"ssl = required\nssl_cert = <{leaf.fullchain}\nssl_key = <{leaf.key}\n"
                    "disable_plaintext_auth = yes\n")
         else:
@@ -564,16 +750,21 @@ log_path = {self.dovecot_log_path}
 info_log_path = {self.dovecot_log_path}
 debug_log_path = {self.dovecot_log_path}
 log_timestamp = "%Y-%m-%d %H:%M:%S "
-# Children see only these variables; the marker lets the harness find every process.
+# Children see only these variables, nothing else from the test runner's environment.
 import_environment = TZ CORE_OUTOFMEM CORE_ERROR {_MARKER_VAR}
 hostname = {HOSTNAME}
 protocols = imap pop3 lmtp
 listen = {h}
-{ssl}# Nothing is trusted by address: only a PROXY v2 SSL TLV can make a session secured.
+{ssl}# Nothing is trusted by address, and we listen on {h} while clients come from 127.0.0.1:
+# only a PROXY v2 header with the SSL TLV can make a session "secured" (module docstring).
 login_trusted_networks =
 haproxy_trusted_networks = 127.0.0.0/8
+# Dovecot's default elements plus the name the PROXY v2 AUTHORITY TLV carried (the client's
+# SNI); an empty element is left out, so plain sessions log exactly the default line.
+login_log_format_elements = user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{{session}}> local_name=%{{local_name}}
 auth_mechanisms = plain login
 auth_verbose = yes
+auth_failure_delay = {"0" if self.fast_auth_failures else "2 secs"}
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
 
@@ -625,8 +816,37 @@ service auth {{
         with open(self.dovecot_conf, "w") as f:
             f.write(conf)
 
+    def _disable_auth_penalty(self) -> None:
+        """Switch off Dovecot's per-IP auth penalty for this instance.
+
+        After a failed login Dovecot delays the NEXT logins from that IP -- good ones too --
+        by 2-15 s for up to ~30 s (src/auth/auth-penalty.c). Every test connection comes
+        from 127.0.0.1 or from the one address a PROXY header claims, so a single
+        wrong-password test would stall the tests after it. 2.3 has no setting for this;
+        but the auth process, which starts on the first login, silently disables the
+        penalty when the anvil-auth-penalty socket does not exist (ENOENT is the one
+        connect error it does not log). The master keeps its listening fd, so removing the
+        file before any auth process runs is enough; we check that none runs yet.
+        """
+        sock = os.path.join(self._dovecot_run_dir, "anvil-auth-penalty")
+        if any(_comm(p) == "auth" for p in _children(self._dovecot.pid)):
+            raise BackendError("Dovecot's auth process started before the harness could "
+                               "disable the auth penalty")
+        try:
+            os.unlink(sock)
+        except FileNotFoundError:
+            pass
+
     def _start_dovecot(self) -> None:
-        self._dovecot = self._spawn([DOVECOT, "-F", "-c", self.dovecot_conf], "dovecot",
+        # A master.pid left by a killed master (stop() kills it; a crashed run may have) makes
+        # Dovecot refuse to start while that PID exists -- even as a zombie, or reused.
+        pidfile = os.path.join(self._dovecot_run_dir, "master.pid")
+        try:
+            os.unlink(pidfile)
+        except FileNotFoundError:
+            pass
+        self._dovecot = self._spawn([DOVECOT, "-F", "-c", self.dovecot_conf],
+                                    os.path.join(self.dovecot_dir, "dovecot.stdout"),
                                     self._env())
 
     # -- Postfix ---------------------------------------------------------------------------
@@ -673,9 +893,10 @@ setgid_group = postdrop
 # Only the marker and basics reach Postfix's daemons from our environment.
 import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C {_MARKER_VAR}
 syslog_name = postfix
-# No syslog socket here: log to a file through postlogd (the `postlog` master.cf service).
-maillog_file = {self.postfix_log_path}
-maillog_file_prefixes = {self.workdir}
+# No syslog socket here: log through postlogd (the `postlog` master.cf service) to the
+# master's stdout (`master -s` keeps it), which the harness points at the log file.
+maillog_file = /dev/stdout
+maillog_file_prefixes = /dev/stdout
 myhostname = {HOSTNAME}
 mydomain = hoster.test
 myorigin = $mydomain
@@ -749,13 +970,76 @@ anvil     unix  - - n - 1 anvil
 scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 """
-        with open(os.path.join(d, "main.cf"), "w") as f:
-            f.write(main_cf)
-        with open(os.path.join(d, "master.cf"), "w") as f:
-            f.write(master_cf)
+        # Postfix re-reads a table or main.cf until its mtime lies before the moment it began
+        # reading (guarding against a concurrent writer), sleeping 0.3 s each round: a file
+        # written this very second costs ~2 s of startup. Back-date ours.
+        past = time.time() - 10
+        for name, text in (("main.cf", main_cf), ("master.cf", master_cf)):
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+        for name in ("main.cf", "master.cf", "vmailbox"):
+            os.utime(os.path.join(d, name), (past, past))
 
     def _start_postfix(self) -> None:
         # `master -s` is what `postfix start-fg` runs when not PID 1: foreground, stdout kept.
         env = dict(self._env(), MAIL_CONFIG=self.postfix_dir)
         self._postfix = self._spawn([POSTFIX_MASTER, "-s", "-c", self.postfix_dir],
-                                    "postfix", env)
+                                    self.postfix_log_path, env)
+
+
+# ----------------------------------------------------------------------------------------
+# PROXY protocol headers, for talking to the *_haproxy ports by hand
+# ----------------------------------------------------------------------------------------
+
+PP2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+PP2_TYPE_ALPN = 0x01
+PP2_TYPE_AUTHORITY = 0x02
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_SUBTYPE_SSL_CN = 0x22
+PP2_SUBTYPE_SSL_CIPHER = 0x23
+PP2_CLIENT_SSL = 0x01
+
+
+def _tlv(kind: int, value: bytes) -> bytes:
+    return bytes([kind]) + len(value).to_bytes(2, "big") + value
+
+
+def proxy_v1(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A PROXY protocol v1 line, e.g. b'PROXY TCP4 192.0.2.7 127.0.0.1 5555 25\\r\\n'."""
+    fam = "TCP6" if ":" in src else "TCP4"
+    return f"PROXY {fam} {src} {dst} {sport} {dport}\r\n".encode()
+
+
+def proxy_v2(src: str, dst: str, sport: int, dport: int, *, authority: str | None = None,
+             ssl: bool = False, ssl_version: str | None = "TLSv1.3",
+             ssl_cipher: str | None = None, ssl_verify: int = 0,
+             alpn: bytes | None = None, extra_tlvs: bytes = b"") -> bytes:
+    """A PROXY protocol v2 PROXY-command header for a TCP/IPv4 or IPv6 stream.
+
+    ssl=True adds PP2_TYPE_SSL with the PP2_CLIENT_SSL flag, `ssl_verify` as its verify
+    field and VERSION/CIPHER sub-TLVs: what a TLS-terminating proxy sends, and what makes
+    Dovecot treat the session as secured. `authority` is the SNI name (PP2_TYPE_AUTHORITY).
+    """
+    v6 = ":" in src
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    addrs = (socket.inet_pton(fam, src) + socket.inet_pton(fam, dst)
+             + sport.to_bytes(2, "big") + dport.to_bytes(2, "big"))
+    tlvs = b""
+    if alpn is not None:
+        tlvs += _tlv(PP2_TYPE_ALPN, alpn)
+    if authority is not None:
+        tlvs += _tlv(PP2_TYPE_AUTHORITY, authority.encode())
+    if ssl:
+        sub = b""
+        if ssl_version:
+            sub += _tlv(PP2_SUBTYPE_SSL_VERSION, ssl_version.encode())
+        if ssl_cipher:
+            sub += _tlv(PP2_SUBTYPE_SSL_CIPHER, ssl_cipher.encode())
+        tlvs += _tlv(PP2_TYPE_SSL, bytes([PP2_CLIENT_SSL]) + ssl_verify.to_bytes(4, "big")
+                     + sub)
+    tlvs += extra_tlvs
+    body = addrs + tlvs
+    # 0x21: version 2, PROXY command. 0x11 / 0x21: AF_INET / AF_INET6 over STREAM.
+    return (PP2_SIGNATURE + bytes([0x21, 0x21 if v6 else 0x11])
+            + len(body).to_bytes(2, "big") + body)

@@ -17,6 +17,17 @@
 #ifdef MAILSNID_JEMALLOC
 #include <jemalloc/jemalloc.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#define CS_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CS_TEST_ASAN 1
+#endif
+#endif
+#ifdef CS_TEST_ASAN
+/* From <sanitizer/allocator_interface.h>, which GCC does not install. */
+size_t __sanitizer_get_current_allocated_bytes(void);
+#endif
 
 #include "certstore/certstore.h"
 #include "certstore/internal.h"
@@ -459,7 +470,7 @@ static void test_errors(void)
                                    .n_names = 2, .line = 11 };
     c.n_certs = 3;
     build_fails(&c, "test.conf:9: cannot read /nonexistent/x.pem: No such file or directory\n");
-    snprintf(want, sizeof(want), "test.conf:10: %s: cannot parse the private key", mail_ec.crt);
+    snprintf(want, sizeof(want), "test.conf:10: %s: no private key found\n", mail_ec.crt);
     build_fails(&c, want);
     build_fails(&c, "test.conf:11: invalid name \"bad name\"\n");
 
@@ -585,8 +596,21 @@ static void test_cert_dirs(void)
              "No such file or directory\n", le_live, le_live);
     CHECK(warnings && strstr(warnings, want));
     CHECK(warnings && !strstr(warnings, "README"));
+    CHECK(warnings && !strstr(warnings, "readable"));
     free(warnings);
     cs_store_unref(s);
+
+    /* A key anyone on the machine can read still loads, with a warning. */
+    char key[256];
+    pathf(key, "le/archive/b.org/privkey1.pem");
+    chmod(key, 0644);
+    s = build_ok(&c, NULL, &warnings);
+    snprintf(want, sizeof(want), "%s/b.org/privkey.pem: private key is readable by every user\n",
+             le_live);
+    CHECK(warnings && strstr(warnings, want));
+    free(warnings);
+    cs_store_unref(s);
+    chmod(key, 0600);
 }
 
 static void test_previous(void)
@@ -662,9 +686,15 @@ struct hs {
     bool ok;
 };
 
+/* When set, the server accepts only these groups, so a client whose first key share is another
+ * gets a HelloRetryRequest and sends a second ClientHello. */
+static const char *server_groups;
+
 static struct hs run_hs(SSL_CTX *sctx, SSL_CTX *cctx, const char *sni, const char *sigalgs)
 {
     struct hs h = { SSL_new(cctx), SSL_new(sctx), false };
+    if (server_groups)
+        CHECK(SSL_set1_groups_list(h.server, server_groups) == 1);
     BIO *cb, *sb;
     BIO_new_bio_pair(&cb, 0, &sb, 0);
     SSL_set_bio(h.client, cb, cb);
@@ -743,6 +773,17 @@ static void test_handshake(void)
     hs_free(&h);
     SSL_CTX_set_max_proto_version(cctx, 0);
 
+    /* A HelloRetryRequest runs the callback a second time on the same SSL. */
+    server_groups = "P-384";
+    h = run_hs(sctx, cctx, "mail.example.com", RSA_ONLY);
+    server_groups = NULL;
+    CHECK(h.ok && SSL_version(h.client) == TLS1_3_VERSION);
+    CHECK(peer_is(h.client, "mail.example.com", "RSA"));
+    CHECK_STR(cs_used_cert_path(h.server), mail_rsa.crt);
+    ch = cs_choice_of(h.server);
+    CHECK(ch && ch->kind == CS_KIND_EXACT);
+    hs_free(&h);
+
     h = run_hs(sctx, cctx, "foo.example.com", NULL);
     CHECK(h.ok && peer_is(h.client, "foo.example.com", "EC"));
     ch = cs_choice_of(h.server);
@@ -793,7 +834,9 @@ static void test_handshake(void)
 
 static size_t heap_used(void)
 {
-#ifdef MAILSNID_JEMALLOC
+#if defined(CS_TEST_ASAN)
+    return __sanitizer_get_current_allocated_bytes();
+#elif defined(MAILSNID_JEMALLOC)
     uint64_t epoch = 1;
     size_t allocated = 0, sz = sizeof(epoch);
     mallctl("epoch", &epoch, &sz, &epoch, sz);

@@ -1,4 +1,0 @@
-build-conf/obj/conf/listener.o: conf/listener.c conf/internal.h \
- conf/conf.h
-conf/internal.h:
-conf/conf.h:

@@ -1,2 +1,0 @@
-build-cs/obj/proxy/proxyproto.o: proxy/proxyproto.c proxy/proxyproto.h
-proxy/proxyproto.h:

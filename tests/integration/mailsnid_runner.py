@@ -1,0 +1,122 @@
+"""Runs the real mailsnid binary for integration tests.
+
+`MailsnidProcess(config_text, workdir)` writes the config, starts `$MAILSNID -c FILE` in the
+foreground, waits until every listener accepts connections, and on stop() sends SIGTERM and
+checks the exit status. Its log (stderr) is kept in a file; `log()` reads it, `wait_log()` polls
+it. Under SANITIZE=1 a sanitizer report in the log fails the test that stops the process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "harness"))
+
+MAILSNID = os.environ.get("MAILSNID", os.path.join(ROOT, "build", "mailsnid"))
+SANITIZE = os.environ.get("SANITIZE", "0") == "1"
+# Sanitizer builds are several times slower; waits scale with this.
+SLOW = 4.0 if SANITIZE else 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout * SLOW
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {host}:{port}")
+
+
+class MailsnidProcess:
+    def __init__(self, config_text: str, workdir: str, name: str = "mailsnid"):
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.config = os.path.join(workdir, f"{name}.cfg")
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        with open(self.config, "w") as f:
+            f.write(config_text)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ports: list[int] = ()) -> "MailsnidProcess":
+        env = dict(os.environ)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([MAILSNID, "-c", self.config], stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        try:
+            for p in ports:
+                wait_port(p)
+        except TimeoutError:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("mailsnid did not start:\n" + self.log())
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def wait_log(self, pattern: str, timeout: float = 5.0, count: int = 1) -> list[str]:
+        deadline = time.monotonic() + timeout * SLOW
+        rx = re.compile(pattern)
+        while True:
+            found = [line for line in self.log().splitlines() if rx.search(line)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"log has no {pattern!r} (x{count}):\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait, and insist on a clean exit (status 0, no sanitizer report)."""
+        if not self.proc:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout * SLOW)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("mailsnid did not exit on SIGTERM:\n" + self.log()[-4000:])
+        self._log.close()
+        status = self.proc.returncode
+        self.proc = None
+        log = self.log()
+        if re.search(r"ERROR: (Address|Leak)Sanitizer|runtime error:", log):
+            raise AssertionError("sanitizer report:\n" + log[-8000:])
+        if status != 0:
+            raise AssertionError(f"mailsnid exited with {status}:\n{log[-4000:]}")
+        return status

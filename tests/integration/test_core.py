@@ -1,0 +1,482 @@
+"""Core behaviour of the real binary: certificate choice by SNI, relaying with integrity,
+half-close, back-pressure, protocol errors when the backend is down, handshake timeout,
+`-t`, `--certs`, `-V` and drain on SIGTERM.
+
+The PKI is generated at test time (tests/harness/certs.py); clients verify the hostname
+against the test CA. Backends are small Python servers here; tests/integration/test_mail.py
+runs real Dovecot and Postfix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from mailsnid_runner import MAILSNID, SLOW, MailsnidProcess, free_port, wait_port
+from fakebackend import EchoBackend, SourceBackend
+import certs
+
+PKI: dict[str, str] = {}
+TMP = ""
+
+
+def setUpModule():
+    global TMP
+    TMP = tempfile.mkdtemp(prefix="mailsnid-core-")
+    PKI.update(certs.standard_pki(os.path.join(TMP, "pki")))
+
+
+def tearDownModule():
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def base_config(listeners: str, extra: str = "") -> str:
+    return f"""
+workers = 1;
+log = {{ level = "debug"; }};
+drain_timeout = 5;
+tls = {{ default_cert = "{PKI['default_cert']}"; default_key = "{PKI['default_key']}"; }};
+certificates = (
+  {{ cert = "{PKI['alpha_ec_cert']}"; key = "{PKI['alpha_ec_key']}"; }},
+  {{ cert = "{PKI['alpha_rsa_cert']}"; key = "{PKI['alpha_rsa_key']}"; }},
+  {{ cert = "{PKI['beta_wild_cert']}"; key = "{PKI['beta_wild_key']}"; }},
+  {{ cert = "{PKI['gamma_expired_cert']}"; key = "{PKI['gamma_expired_key']}"; }}
+);
+listeners = ( {listeners} );
+{extra}
+"""
+
+
+def listener(name: str, port: int, proto: str, backend: str, extra: str = "") -> str:
+    return (f'{{ name = "{name}"; listen = "127.0.0.1:{port}"; protocol = "{proto}"; '
+            f'tls = "implicit"; backend = "{backend}"; {extra} }}')
+
+
+def peer_cert(port: int, sni: str | None, ctx: ssl.SSLContext | None = None) -> dict:
+    """Handshake with SNI (or none) and return the certificate the server sent, decoded."""
+    if ctx is None:
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        with ctx.wrap_socket(raw, server_hostname=sni) as s:
+            der = s.getpeercert(binary_form=True)
+    pem = ssl.DER_cert_to_PEM_cert(der)
+    return {"fingerprint": certs.cert_fingerprint(pem), "pem": pem}
+
+
+def fingerprint(path: str) -> str:
+    return certs.cert_fingerprint(path)
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="t-", dir=TMP)
+
+    def start(self, config: str, ports: list[int]) -> MailsnidProcess:
+        p = MailsnidProcess(config, self.dir).start(ports)
+        self.addCleanup(p.stop)
+        return p
+
+
+class CertificateSelection(Base):
+    @classmethod
+    def setUpClass(cls):
+        cls.backend = EchoBackend()
+        cls.port = free_port()
+        cls.dir_ = tempfile.mkdtemp(prefix="sel-", dir=TMP)
+        cls.proc = MailsnidProcess(base_config(listener("tls", cls.port, "imap", cls.backend.addr)),
+                                   cls.dir_).start([cls.port])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.stop()
+        cls.backend.stop()
+
+    def test_exact_name_gets_its_certificate(self):
+        got = peer_cert(self.port, "mail.alpha.test")["fingerprint"]
+        self.assertEqual(got, fingerprint(PKI["alpha_ec_cert"]))
+
+    def test_case_and_trailing_dot_do_not_matter(self):
+        # Python refuses to send a trailing dot itself, so use openssl s_client for that one.
+        self.assertEqual(peer_cert(self.port, "WebMail.Alpha.TEST")["fingerprint"],
+                         fingerprint(PKI["alpha_ec_cert"]))
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{self.port}",
+                              "-servername", "mail.alpha.test.", "-CAfile", PKI["ca"],
+                              "-verify_hostname", "mail.alpha.test", "-verify_return_error"],
+                             input=b"", capture_output=True, timeout=10)
+        self.assertIn(b"Verify return code: 0 (ok)", out.stdout)
+
+    def test_wildcard_covers_one_label(self):
+        self.assertEqual(peer_cert(self.port, "mail.beta.test")["fingerprint"],
+                         fingerprint(PKI["beta_wild_cert"]))
+        # Two labels deep, or the bare domain: not covered, so the default certificate.
+        self.assertEqual(peer_cert(self.port, "a.b.beta.test")["fingerprint"],
+                         fingerprint(PKI["default_cert"]))
+        self.assertEqual(peer_cert(self.port, "beta.test")["fingerprint"],
+                         fingerprint(PKI["default_cert"]))
+
+    def test_unknown_name_and_no_sni_get_the_default(self):
+        self.assertEqual(peer_cert(self.port, "mail.unknown.test")["fingerprint"],
+                         fingerprint(PKI["default_cert"]))
+        self.assertEqual(peer_cert(self.port, None)["fingerprint"],
+                         fingerprint(PKI["default_cert"]))
+
+    def test_expired_certificate_served_only_when_nothing_valid_matches(self):
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.assertEqual(peer_cert(self.port, "mail.gamma.test", ctx)["fingerprint"],
+                         fingerprint(PKI["gamma_expired_cert"]))
+
+    def test_rsa_only_client_gets_the_rsa_certificate(self):
+        ec = peer_cert(self.port, "mail.alpha.test")
+        self.assertEqual(ec["fingerprint"], fingerprint(PKI["alpha_ec_cert"]))
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{self.port}",
+                              "-servername", "mail.alpha.test", "-CAfile", PKI["ca"],
+                              "-sigalgs", "rsa_pss_rsae_sha256:RSA+SHA256",
+                              "-verify_hostname", "mail.alpha.test", "-verify_return_error"],
+                             input=b"", capture_output=True, timeout=10)
+        self.assertIn(b"Verify return code: 0 (ok)", out.stdout)
+        self.assertEqual(certs.cert_fingerprint(out.stdout.decode()),
+                         fingerprint(PKI["alpha_rsa_cert"]))
+        # A TLS 1.2 client with only ECDHE-RSA suites, through Python's ssl module.
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+        self.assertEqual(peer_cert(self.port, "mail.alpha.test", ctx)["fingerprint"],
+                         fingerprint(PKI["alpha_rsa_cert"]))
+
+    def test_hostname_verification_passes_with_the_chain(self):
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        for name in ("mail.alpha.test", "webmail.alpha.test", "mail.beta.test", "mail.hoster.test"):
+            with socket.create_connection(("127.0.0.1", self.port)) as raw:
+                with ctx.wrap_socket(raw, server_hostname=name) as s:
+                    s.sendall(b"ping\r\n")
+                    self.assertEqual(s.recv(100), b"ping\r\n")
+
+    def test_log_line_names_the_choice(self):
+        peer_cert(self.port, "mail.beta.test")
+        line = self.proc.wait_log(r"conn listener=tls .*sni=mail\.beta\.test")[-1]
+        self.assertIn("kind=wildcard", line)
+        self.assertIn(f"cert={PKI['beta_wild_cert']}", line)
+        self.assertIn("tls=TLSv1.3", line)
+        self.assertIn(f"backend={self.backend.addr}", line)
+
+
+class Relay(Base):
+    def test_multi_megabyte_both_ways_intact(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port = free_port()
+        self.start(base_config(listener("tls", port, "imap", backend.addr)), [port])
+        payload = os.urandom(8 * 1024 * 1024)
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            with ctx.wrap_socket(raw, server_hostname="mail.alpha.test") as s:
+                received = bytearray()
+
+                def reader():
+                    while len(received) < len(payload):
+                        chunk = s.recv(1 << 16)
+                        if not chunk:
+                            break
+                        received.extend(chunk)
+
+                t = threading.Thread(target=reader)
+                t.start()
+                s.sendall(payload)
+                t.join(60)
+        self.assertEqual(hashlib.sha256(received).hexdigest(), hashlib.sha256(payload).hexdigest())
+        self.assertEqual(hashlib.sha256(backend.received[0]).hexdigest(),
+                         hashlib.sha256(payload).hexdigest())
+
+    def test_half_close_lets_the_backend_answer(self):
+        backend = EchoBackend(reply_after_eof=b"bye after eof\r\n")
+        self.addCleanup(backend.stop)
+        port = free_port()
+        proc = self.start(base_config(listener("tls", port, "http", backend.addr)), [port])
+        # TLS over a raw socket through memory BIOs, so that the client can end its direction
+        # with a TCP FIN and still read and decrypt what comes back.
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="mail.alpha.test")
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.settimeout(10 * SLOW)
+        self.addCleanup(raw.close)
+
+        def pump_out():
+            data = outgoing.read()
+            if data:
+                raw.sendall(data)
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump_out()
+                incoming.write(raw.recv(65536))
+        tls.write(b"request")
+        pump_out()
+        raw.shutdown(socket.SHUT_WR)
+        answer = b""
+        while True:
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            incoming.write(chunk)
+            while True:
+                try:
+                    data = tls.read(65536)
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    break
+                if not data:
+                    break
+                answer += data
+        self.assertEqual(answer, b"requestbye after eof\r\n")
+        self.assertEqual(backend.received[0], b"request")
+        proc.wait_log(r"conn listener=tls .*outcome=ok")
+
+    def test_slow_reader_does_not_make_the_proxy_buffer(self):
+        backend = SourceBackend()
+        self.addCleanup(backend.stop)
+        port = free_port()
+        proc = self.start(base_config(listener("tls", port, "http", f"127.0.0.1:{backend.port}")),
+                          [port])
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s = ctx.wrap_socket(raw, server_hostname="mail.alpha.test")
+        s.sendall(b"go")
+        time.sleep(0.5 * SLOW)
+        rss_before = proc.rss_kb()
+        sent_before = backend.sent
+        time.sleep(1.5 * SLOW)
+        rss_after = proc.rss_kb()
+        # The backend stalls too, because the proxy stopped reading it: a few MB of socket
+        # buffers at most, and the proxy's memory does not grow with what the backend offers.
+        self.assertLess(backend.sent - sent_before, 8 * 1024 * 1024)
+        self.assertLess(rss_after - rss_before, 4096)
+        s.close()
+
+
+class BackendDown(Base):
+    def test_each_protocol_answers_in_its_own_words(self):
+        dead = f"127.0.0.1:{free_port()}"
+        ports = {p: free_port() for p in ("imap", "pop3", "smtp", "http")}
+        config = base_config(", ".join(listener(p, ports[p], p, dead) for p in ports))
+        proc = self.start(config, list(ports.values()))
+        want = {"imap": b"* BYE [UNAVAILABLE]", "pop3": b"-ERR [SYS/TEMP]",
+                "smtp": b"421 4.3.0", "http": b"HTTP/1.1 502"}
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        for proto, port in ports.items():
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                with ctx.wrap_socket(raw, server_hostname="mail.alpha.test") as s:
+                    s.settimeout(10 * SLOW)
+                    if proto == "http":
+                        s.sendall(b"GET / HTTP/1.1\r\nHost: mail.alpha.test\r\n\r\n")
+                    data = b""
+                    while True:
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+            self.assertTrue(data.startswith(want[proto]), (proto, data))
+        proc.wait_log(r"outcome=backend_down", count=4)
+
+    def test_second_backend_in_the_list_is_used(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port = free_port()
+        dead = f"127.0.0.1:{free_port()}"
+        config = base_config(
+            f'{{ name = "tls"; listen = "127.0.0.1:{port}"; protocol = "imap"; tls = "implicit"; '
+            f'backend = [ "{dead}", "{backend.addr}" ]; }}')
+        self.start(config, [port])
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            with ctx.wrap_socket(raw, server_hostname="mail.alpha.test") as s:
+                s.sendall(b"hello\r\n")
+                self.assertEqual(s.recv(100), b"hello\r\n")
+
+
+class Timeouts(Base):
+    def test_silent_client_closed_at_handshake_timeout(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port = free_port()
+        proc = self.start(base_config(listener("tls", port, "imap", backend.addr,
+                                               "handshake_timeout = 1;")), [port])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(10 * SLOW)
+            start = time.monotonic()
+            self.assertEqual(s.recv(10), b"")   # closed by the proxy, not by us
+            self.assertGreater(time.monotonic() - start, 0.5)
+        proc.wait_log(r"outcome=handshake_timeout")
+        self.assertEqual(backend.received, [])
+
+    def test_garbage_instead_of_a_client_hello(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port = free_port()
+        proc = self.start(base_config(listener("tls", port, "imap", backend.addr)), [port])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(10 * SLOW)
+            s.sendall(b"a1 LOGIN alice secret\r\n")
+            data = s.recv(100)
+            # A TLS alert record (content type 21) or a plain close; never a relay.
+            self.assertTrue(data == b"" or data[0] == 21, data)
+        proc.wait_log(r"outcome=handshake_failed")
+        self.assertEqual(backend.received, [])
+
+
+class CommandLine(Base):
+    def run_cli(self, *args) -> subprocess.CompletedProcess:
+        return subprocess.run([MAILSNID, *args], capture_output=True, text=True, timeout=30)
+
+    def write(self, name: str, text: str) -> str:
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_check_good_config(self):
+        path = self.write("good.cfg", base_config(listener("a", free_port(), "imap", "127.0.0.1:1")))
+        r = self.run_cli("-t", "-c", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("OK", r.stdout)
+        # The expired certificate is a warning, not an error.
+        self.assertIn("expired", r.stderr.lower())
+
+    def test_check_bad_config_names_file_and_line(self):
+        cfg = base_config(listener("a", free_port(), "imap", "127.0.0.1:1")).replace(
+            'protocol = "imap"', 'protocol = "imap"; colour = "blue"')
+        path = self.write("bad.cfg", cfg)
+        r = self.run_cli("-t", "-c", path)
+        self.assertEqual(r.returncode, 1)
+        line = next(i + 1 for i, l in enumerate(cfg.splitlines()) if "colour" in l)
+        self.assertRegex(r.stderr, rf"{path}:{line}: .*colour")
+
+    def test_check_mismatched_key(self):
+        cfg = base_config(listener("a", free_port(), "imap", "127.0.0.1:1")).replace(
+            PKI["alpha_ec_key"], PKI["default_key"])
+        path = self.write("mismatch.cfg", cfg)
+        r = self.run_cli("-t", "-c", path)
+        self.assertEqual(r.returncode, 1)
+        line = next(i + 1 for i, l in enumerate(cfg.splitlines()) if PKI["alpha_ec_cert"] in l)
+        self.assertRegex(r.stderr, rf"{path}:{line}: .*(match|mismatch)")
+
+    def test_syntax_error(self):
+        path = self.write("syntax.cfg", "workers = 1;\ntls = { default_cert = \"x\" \n")
+        r = self.run_cli("-t", "-c", path)
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, rf"{path}:\d+: ")
+
+    def test_missing_file(self):
+        r = self.run_cli("-t", "-c", os.path.join(self.dir, "nope.cfg"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("nope.cfg", r.stderr)
+
+    def test_certs_lists_every_name(self):
+        path = self.write("good.cfg", base_config(listener("a", free_port(), "imap", "127.0.0.1:1")))
+        r = self.run_cli("--certs", "-c", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertTrue(any(l.startswith("mail.alpha.test exact") and "rsa" in l for l in lines))
+        self.assertTrue(any(l.startswith("mail.alpha.test exact") and "ecdsa" in l for l in lines))
+        self.assertTrue(any(l.startswith("*.beta.test wildcard") for l in lines))
+        self.assertTrue(any(" default " in l and PKI["default_cert"] in l for l in lines))
+
+    def test_version(self):
+        r = self.run_cli("-V")
+        self.assertEqual(r.returncode, 0)
+        for lib in ("mailsnid", "OpenSSL 3", "libuv", "libconfig", "jemalloc"):
+            self.assertIn(lib, r.stdout)
+
+
+class Drain(Base):
+    def test_sigterm_drains_then_exits(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port = free_port()
+        proc = MailsnidProcess(base_config(listener("tls", port, "imap", backend.addr)),
+                               self.dir).start([port])
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        raw = socket.create_connection(("127.0.0.1", port))
+        s = ctx.wrap_socket(raw, server_hostname="mail.alpha.test")
+        s.sendall(b"before\r\n")
+        self.assertEqual(s.recv(100), b"before\r\n")
+        proc.signal(signal.SIGTERM)
+        proc.wait_log("draining")
+        # No new connections...
+        with self.assertRaises(OSError):
+            for _ in range(50):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                time.sleep(0.05)
+        # ...but the open one still works until it ends.
+        s.sendall(b"during\r\n")
+        self.assertEqual(s.recv(100), b"during\r\n")
+        self.assertIsNone(proc.proc.poll())
+        s.close()
+        self.assertEqual(proc.proc.wait(10 * SLOW), 0)
+        proc.stop()
+
+    def test_second_sigterm_exits_at_once(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port = free_port()
+        proc = MailsnidProcess(base_config(listener("tls", port, "imap", backend.addr)),
+                               self.dir).start([port])
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                            server_hostname="mail.alpha.test")
+        s.sendall(b"x")
+        s.recv(10)
+        proc.signal(signal.SIGTERM)
+        proc.wait_log("draining")
+        proc.signal(signal.SIGTERM)
+        self.assertEqual(proc.proc.wait(5 * SLOW), 0)
+        proc.wait_log("outcome=drain")
+        proc.stop()
+        s.close()
+
+
+class HttpsWithCurl(Base):
+    def test_curl_https_with_hostname_verification(self):
+        docroot = os.path.join(self.dir, "www")
+        os.makedirs(docroot)
+        with open(os.path.join(docroot, "index.html"), "w") as f:
+            f.write("hello from the webmail backend\n")
+        handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=docroot, **k)
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self.addCleanup(httpd.shutdown)
+        port = free_port()
+        self.start(base_config(listener("https", port, "http",
+                                        f"127.0.0.1:{httpd.server_address[1]}")), [port])
+        for name in ("webmail.alpha.test", "webmail.beta.test"):
+            r = subprocess.run(["curl", "-sS", "--fail", "--cacert", PKI["ca"], "--resolve",
+                                f"{name}:{port}:127.0.0.1", f"https://{name}:{port}/"],
+                               capture_output=True, text=True, timeout=20)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, "hello from the webmail backend\n")
+        # A name with no certificate fails verification: the client sees the mismatch.
+        r = subprocess.run(["curl", "-sS", "--cacert", PKI["ca"], "--resolve",
+                            f"webmail.nobody.test:{port}:127.0.0.1",
+                            f"https://webmail.nobody.test:{port}/"],
+                           capture_output=True, text=True, timeout=20)
+        self.assertNotEqual(r.returncode, 0)
+
+
+if __name__ == "__main__":
+    unittest.main()

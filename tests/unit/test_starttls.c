@@ -1,0 +1,273 @@
+/* The STARTTLS engine: capability editing, STARTTLS answered by the proxy, pipelined bytes
+ * left for the caller to drop, required-mode refusals, blind mode, bounded lines — and every
+ * dialogue fed again split at every byte offset, which must change nothing. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "proxy/starttls.h"
+
+struct out {
+    char client[65536], backend[65536];
+    size_t nc, nb;
+};
+
+static int to_client(void *ctx, const char *d, size_t n)
+{
+    struct out *o = ctx;
+    if (o->nc + n >= sizeof o->client)
+        return -1;
+    memcpy(o->client + o->nc, d, n);
+    o->nc += n;
+    o->client[o->nc] = 0;
+    return 0;
+}
+
+static int to_backend(void *ctx, const char *d, size_t n)
+{
+    struct out *o = ctx;
+    if (o->nb + n >= sizeof o->backend)
+        return -1;
+    memcpy(o->backend + o->nb, d, n);
+    o->nb += n;
+    o->backend[o->nb] = 0;
+    return 0;
+}
+
+/* What the connection code does: keep unconsumed bytes, append new ones, call the engine.
+ * Returns the last event; *LEFT gets the bytes the engine did not consume at that event. */
+struct side {
+    char buf[1 << 16];
+    size_t len;
+};
+
+static enum st_event feed(struct st_session *s, bool client, struct side *pending, const char *data,
+                          size_t len, struct out *o, size_t *left)
+{
+    struct st_sink sink = { o, to_client, to_backend };
+    memcpy(pending->buf + pending->len, data, len);
+    pending->len += len;
+    size_t used = 0;
+    enum st_event ev = client ? st_client_input(s, pending->buf, pending->len, &used, &sink)
+                              : st_backend_input(s, pending->buf, pending->len, &used, &sink);
+    memmove(pending->buf, pending->buf + used, pending->len - used);
+    pending->len -= used;
+    if (left)
+        *left = pending->len;
+    return ev;
+}
+
+/* Runs a dialogue of alternating backend/client blobs, each split at SPLIT (0 = whole).
+ * Returns the event of the last client blob. */
+struct step {
+    bool client;
+    const char *data;
+};
+
+static enum st_event run(enum conf_proto proto, bool required, const struct step *steps, size_t n,
+                         size_t split, struct out *o, size_t *left)
+{
+    memset(o, 0, sizeof *o);
+    struct st_session *s = st_new(proto, required);
+    static struct side cs, bs;
+    cs.len = bs.len = 0;
+    enum st_event ev = ST_MORE;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(steps[i].data);
+        struct side *p = steps[i].client ? &cs : &bs;
+        size_t cut = split && split < len ? split : len;
+        ev = feed(s, steps[i].client, p, steps[i].data, cut, o, left);
+        if (cut < len && ev == ST_MORE)
+            ev = feed(s, steps[i].client, p, steps[i].data + cut, len - cut, o, left);
+        else if (cut < len)
+            *left += len - cut; /* bytes that arrive after the event are the caller's too */
+        if (ev == ST_STARTTLS) {
+            if (st_starttls_ready(s))
+                to_client(o, st_starttls_reply(s), strlen(st_starttls_reply(s)));
+            break;
+        }
+        if (ev != ST_MORE)
+            break;
+    }
+    st_free(s);
+    return ev;
+}
+
+/* Checks that the dialogue gives WANT_CLIENT / WANT_BACKEND / WANT_EV / WANT_LEFT whole and at
+ * every split offset. */
+static void expect(enum conf_proto proto, bool required, const struct step *steps, size_t n,
+                   const char *want_client, const char *want_backend, enum st_event want_ev,
+                   size_t want_left)
+{
+    size_t longest = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strlen(steps[i].data) > longest)
+            longest = strlen(steps[i].data);
+    static struct out o;
+    int failures_before = check_failures;
+    for (size_t split = 0; split <= longest; split++) {
+        size_t left = 0;
+        enum st_event ev = run(proto, required, steps, n, split, &o, &left);
+        CHECK_STR(o.client, want_client);
+        CHECK_STR(o.backend, want_backend);
+        CHECK(ev == want_ev);
+        CHECK(left == want_left);
+        if (check_failures != failures_before) {
+            fprintf(stderr, "  (split at %zu)\n", split);
+            return;
+        }
+    }
+}
+
+#define N(a) (sizeof(a) / sizeof *(a))
+
+static void imap(void)
+{
+    const struct step greet_cap[] = {
+        { false, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] Dovecot ready.\r\n" },
+        { true, "a1 CAPABILITY\r\n" },
+        { false, "* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN\r\na1 OK Pre-login capabilities listed.\r\n" },
+        { true, "a2 STARTTLS\r\na3 NOOP\r\n" },
+    };
+    expect(CONF_PROTO_IMAP, false, greet_cap, N(greet_cap),
+           "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN STARTTLS] Dovecot ready.\r\n"
+           "* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN STARTTLS\r\na1 OK Pre-login capabilities listed.\r\n"
+           "a2 OK Begin TLS negotiation now\r\n",
+           "a1 CAPABILITY\r\n", ST_STARTTLS, strlen("a3 NOOP\r\n"));
+
+    /* Required: LOGINDISABLED advertised, LOGIN refused by the proxy and never forwarded. */
+    const struct step required[] = {
+        { false, "* OK [CAPABILITY IMAP4rev1] ready\r\n" },
+        { true, "x LOGIN alice secret\r\ny AUTHENTICATE PLAIN\r\nz SELECT INBOX\r\n" },
+    };
+    expect(CONF_PROTO_IMAP, true, required, N(required),
+           "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n"
+           "x NO [PRIVACYREQUIRED] TLS is required: use STARTTLS first\r\n"
+           "y NO [PRIVACYREQUIRED] TLS is required: use STARTTLS first\r\n"
+           "z NO [PRIVACYREQUIRED] TLS is required: use STARTTLS first\r\n",
+           "", ST_MORE, 0);
+
+    /* Optional: a plaintext LOGIN goes to the backend and the session goes blind. */
+    const struct step optional[] = {
+        { false, "* OK ready\r\n" },
+        { true, "x LOGIN alice secret\r\ny SELECT INBOX\r\n" },
+    };
+    expect(CONF_PROTO_IMAP, false, optional, N(optional), "* OK ready\r\n",
+           "x LOGIN alice secret\r\n", ST_BLIND, strlen("y SELECT INBOX\r\n"));
+
+    /* The STARTTLS answer waits for the response to a command pipelined before it. */
+    const struct step ordered[] = {
+        { false, "* OK ready\r\n" },
+        { true, "a NOOP\r\nb STARTTLS\r\n" },
+    };
+    expect(CONF_PROTO_IMAP, false, ordered, N(ordered), "* OK ready\r\n", "a NOOP\r\n",
+           ST_STARTTLS, 0);
+
+    /* A line that never ends is refused once it reaches the limit, not buffered. */
+    static char huge[ST_LINE_MAX + 100];
+    memset(huge, 'A', sizeof huge - 1);
+    const struct step flood[] = { { false, "* OK ready\r\n" }, { true, huge } };
+    size_t left = 0;
+    static struct out o;
+    CHECK(run(CONF_PROTO_IMAP, false, flood, N(flood), 0, &o, &left) == ST_CLOSE);
+    CHECK(strstr(o.client, "* BYE Command line too long") != NULL);
+    CHECK(o.nb == 0);
+
+    /* STARTTLS with arguments is a syntax error; literals make a command not harmless. */
+    const struct step args[] = { { false, "* OK ready\r\n" }, { true, "t STARTTLS now\r\n" } };
+    expect(CONF_PROTO_IMAP, true, args, N(args),
+           "* OK ready\r\nt BAD STARTTLS takes no arguments\r\n", "", ST_MORE, 0);
+    const struct step literal[] = { { false, "* OK ready\r\n" }, { true, "t ID {5}\r\n" } };
+    expect(CONF_PROTO_IMAP, true, literal, N(literal),
+           "* OK ready\r\nt NO [PRIVACYREQUIRED] TLS is required: use STARTTLS first\r\n", "", ST_MORE, 0);
+}
+
+static void pop3(void)
+{
+    const struct step capa[] = {
+        { false, "+OK Dovecot ready.\r\n" },
+        { true, "CAPA\r\n" },
+        { false, "+OK\r\nCAPA\r\nTOP\r\nUSER\r\n.\r\n" },
+        { true, "STLS\r\nUSER alice\r\n" },
+    };
+    expect(CONF_PROTO_POP3, false, capa, N(capa),
+           "+OK Dovecot ready.\r\n+OK\r\nCAPA\r\nTOP\r\nUSER\r\nSTLS\r\n.\r\n+OK Begin TLS negotiation\r\n",
+           "CAPA\r\n", ST_STARTTLS, strlen("USER alice\r\n"));
+    const struct step has_stls[] = {
+        { false, "+OK ready\r\n" }, { true, "CAPA\r\n" }, { false, "+OK\r\nSTLS\r\n.\r\n" },
+    };
+    expect(CONF_PROTO_POP3, false, has_stls, N(has_stls), "+OK ready\r\n+OK\r\nSTLS\r\n.\r\n",
+           "CAPA\r\n", ST_MORE, 0);
+    const struct step required[] = {
+        { false, "+OK ready\r\n" }, { true, "USER alice\r\nPASS secret\r\nLIST\r\nNOOP\r\n" },
+    };
+    expect(CONF_PROTO_POP3, true, required, N(required),
+           "+OK ready\r\n-ERR [AUTH] TLS is required: use STLS first\r\n"
+           "-ERR [AUTH] TLS is required: use STLS first\r\n-ERR TLS is required: use STLS first\r\n",
+           "NOOP\r\n", ST_MORE, 0);
+}
+
+static void smtp(void)
+{
+    const struct step ehlo[] = {
+        { false, "220-mx.hoster.test ESMTP\r\n220 Postfix\r\n" },
+        { true, "EHLO client.example\r\n" },
+        { false, "250-mx.hoster.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n" },
+        { true, "STARTTLS\r\nMAIL FROM:<evil@example>\r\n" },
+    };
+    expect(CONF_PROTO_SMTP, false, ehlo, N(ehlo),
+           "220-mx.hoster.test ESMTP\r\n220 Postfix\r\n"
+           "250-mx.hoster.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+           "220 2.0.0 Ready to start TLS\r\n",
+           "EHLO client.example\r\n", ST_STARTTLS, strlen("MAIL FROM:<evil@example>\r\n"));
+    const struct step one_line[] = {
+        { false, "220 mx ESMTP\r\n" }, { true, "EHLO c\r\n" }, { false, "250 mx\r\n" },
+    };
+    expect(CONF_PROTO_SMTP, false, one_line, N(one_line),
+           "220 mx ESMTP\r\n250-mx\r\n250 STARTTLS\r\n", "EHLO c\r\n", ST_MORE, 0);
+    const struct step required[] = {
+        { false, "220 mx ESMTP\r\n" }, { true, "MAIL FROM:<a@b>\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nNOOP\r\n" },
+    };
+    expect(CONF_PROTO_SMTP, true, required, N(required),
+           "220 mx ESMTP\r\n530 5.7.0 Must issue a STARTTLS command first\r\n"
+           "530 5.7.0 Must issue a STARTTLS command first\r\n",
+           "NOOP\r\n", ST_MORE, 0);
+    /* Port 25, optional, an MTA that never says STARTTLS: the first MAIL goes blind. */
+    const struct step mta[] = {
+        { false, "220 mx ESMTP\r\n" }, { true, "HELO relay\r\n" }, { false, "250 mx\r\n" },
+        { true, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n" },
+    };
+    expect(CONF_PROTO_SMTP, false, mta, N(mta), "220 mx ESMTP\r\n250 mx\r\n",
+           "HELO relay\r\nMAIL FROM:<a@b>\r\n", ST_BLIND, strlen("RCPT TO:<c@d>\r\n"));
+    const struct step args[] = { { false, "220 mx\r\n" }, { true, "STARTTLS x\r\n" } };
+    expect(CONF_PROTO_SMTP, false, args, N(args),
+           "220 mx\r\n501 5.5.4 Syntax error (no parameters allowed)\r\n", "", ST_MORE, 0);
+}
+
+static void greeting(void)
+{
+    const char *smtp_multi = "220-a\r\n220 b\r\nrest";
+    for (size_t cut = 0; cut < strlen(smtp_multi); cut++) {
+        long n = st_greeting_length(CONF_PROTO_SMTP, smtp_multi, cut);
+        CHECK(cut < 14 ? n == 0 : n == 14);
+    }
+    CHECK(st_greeting_length(CONF_PROTO_SMTP, "220-a\r\n220 b\r\n", 14) == 14);
+    CHECK(st_greeting_length(CONF_PROTO_SMTP, "421 busy\r\n", 10) == -1);
+    CHECK(st_greeting_length(CONF_PROTO_IMAP, "* OK hi\r\n", 9) == 9);
+    CHECK(st_greeting_length(CONF_PROTO_IMAP, "* BYE no\r\n", 10) == -1);
+    CHECK(st_greeting_length(CONF_PROTO_POP3, "+OK hi\r\n", 8) == 8);
+    CHECK(st_greeting_length(CONF_PROTO_POP3, "-ERR no\r\n", 9) == -1);
+    CHECK(strncmp(st_unavailable_reply(CONF_PROTO_IMAP), "* BYE [UNAVAILABLE]", 19) == 0);
+    CHECK(strncmp(st_unavailable_reply(CONF_PROTO_POP3), "-ERR [SYS/TEMP]", 15) == 0);
+    CHECK(strncmp(st_unavailable_reply(CONF_PROTO_SMTP), "421 4.3.0", 9) == 0);
+    CHECK(strncmp(st_unavailable_reply(CONF_PROTO_HTTP), "HTTP/1.1 502", 12) == 0);
+}
+
+int main(void)
+{
+    imap();
+    pop3();
+    smtp();
+    greeting();
+    return check_report("test_starttls");
+}
