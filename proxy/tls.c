@@ -212,8 +212,26 @@ static void handshake_step(struct conn *c)
         }
         return;
     }
+    unsigned long reason = ERR_GET_REASON(ERR_peek_last_error());
     note_ssl_error(c, "handshake");
-    /* An alert may be queued in c->cout: let it reach the client before closing. */
+    /* OpenSSL queues an alert for most failures; let it reach the client before closing. When
+     * the bytes were not TLS at all it writes nothing, so answer in the client's terms: a
+     * browser that spoke plain HTTP gets a readable 400, anything else a fatal TLS alert. */
+    if (!c->cout) {
+        static const char http_on_tls[] =
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 41\r\n"
+            "Connection: close\r\n\r\nThis port speaks HTTPS, not plain HTTP.\r\n";
+        /* A fatal unexpected_message alert record, TLS 1.2 framing. */
+        static const char alert[] = { 0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a };
+        bool http = reason == SSL_R_HTTP_REQUEST && c->listener->conf->proto == CONF_PROTO_HTTP;
+        SSL_free(c->ssl); /* what follows is not TLS, and the log must not claim it was */
+        c->ssl = NULL;
+        if (conn_send_client(c, http ? http_on_tls : alert,
+                             http ? sizeof http_on_tls - 1 : sizeof alert) < 0) {
+            conn_close(c, OUT_HANDSHAKE_FAILED);
+            return;
+        }
+    }
     conn_fail_with_reply(c, OUT_HANDSHAKE_FAILED, NULL);
 }
 

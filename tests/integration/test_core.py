@@ -334,9 +334,21 @@ class Timeouts(Base):
             s.settimeout(10 * SLOW)
             s.sendall(b"a1 LOGIN alice secret\r\n")
             data = s.recv(100)
-            # A TLS alert record (content type 21) or a plain close; never a relay.
-            self.assertTrue(data == b"" or data[0] == 21, data)
+            # A fatal TLS alert record (content type 21, level 2), never a relay.
+            self.assertEqual(data[:1], b"\x15", data)
+            self.assertEqual(data[5:6], b"\x02", data)
         proc.wait_log(r"outcome=handshake_failed")
+        self.assertEqual(backend.received, [])
+
+    def test_plain_http_on_the_https_port_gets_a_readable_400(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port = free_port()
+        self.start(base_config(listener("https", port, "http", backend.addr)), [port])
+        r = subprocess.run(["curl", "-sS", "-i", f"http://127.0.0.1:{port}/"],
+                           capture_output=True, text=True, timeout=20)
+        self.assertIn("400 Bad Request", r.stdout)
+        self.assertIn("speaks HTTPS", r.stdout)
         self.assertEqual(backend.received, [])
 
 
