@@ -2,6 +2,7 @@
 # libc malloc (jemalloc would hide heap errors from ASan).  `make test` installs what is missing,
 # builds, and runs the unit and integration tests.
 CC      ?= cc
+SHELL   := /bin/bash
 PKGS    := openssl libuv libconfig
 SANITIZE ?= 0
 
@@ -70,6 +71,11 @@ test: deps
 	$(MAKE) all unit-bins
 	$(MAKE) unit
 	$(MAKE) integration
+	$(MAKE) fuzz FUZZ_TIME=$(TEST_FUZZ_TIME)
+
+# `make test` gives each fuzz target a short run: enough to catch a regression on the seeds and
+# their neighbours; `make fuzz` is the long run.
+TEST_FUZZ_TIME ?= 10
 
 unit-bins: $(UNIT_BIN)
 .PHONY: unit-bins
@@ -91,3 +97,41 @@ clean:
 	rm -rf build build-san
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ---- fuzzing: libFuzzer targets built with clang; each runs FUZZ_TIME seconds. Seeds live in
+# tests/fuzz/corpus/NAME; what the fuzzer learns goes to build-fuzz/corpus-NAME (not the repo).
+FUZZ_TIME ?= 60
+FUZZ_CC   := clang-14
+FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -I. -fno-omit-frame-pointer \
+	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_TARGETS := conf sni proxyproto starttls
+FUZZ_SRC_conf := $(wildcard conf/*.c)
+FUZZ_SRC_sni := $(wildcard certstore/*.c)
+FUZZ_SRC_proxyproto := proxy/proxyproto.c
+FUZZ_SRC_starttls := proxy/st_engine.c proxy/st_imap.c proxy/st_pop3.c proxy/st_smtp.c
+
+.SECONDEXPANSION:
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*)
+	@mkdir -p build-fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) $< $(FUZZ_SRC_$*) -o $@ $(shell pkg-config --cflags --libs libconfig openssl) -lpthread
+
+fuzz:
+	@scripts/deps.sh fuzz
+	$(MAKE) $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz_$$t for $(FUZZ_TIME) s"; mkdir -p build-fuzz/corpus-$$t; \
+	  ASAN_OPTIONS=fast_unwind_on_malloc=0 LSAN_OPTIONS=suppressions=$(abspath tests/fuzz/lsan.supp) \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_TIME) -max_len=20000 -print_final_stats=1 \
+	    build-fuzz/corpus-$$t tests/fuzz/corpus/$$t 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==.*ERROR)|SUMMARY" ; \
+	  test $${PIPESTATUS[0]} -eq 0; done
+
+# ---- the demo: real Dovecot/Postfix behind mailsnid with demo certificates (see README).
+demo:
+	@scripts/demo.sh
+
+# ---- benchmarks against hitch, haproxy and stunnel (see bench/RESULTS.md).
+bench: all
+	@scripts/deps.sh bench
+	bench/run
+
+.PHONY: demo
