@@ -10,6 +10,7 @@ runs real Dovecot and Postfix.
 from __future__ import annotations
 
 import hashlib
+import re
 import http.server
 import os
 import shutil
@@ -492,3 +493,86 @@ class HttpsWithCurl(Base):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AdminAndReload(Base):
+    def http_get(self, port: int, path: str) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def test_metrics_and_health(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port, admin = free_port(), free_port()
+        proc = MailsnidProcess(base_config(listener("tls", port, "imap", backend.addr),
+                                           f'admin = "127.0.0.1:{admin}";'), self.dir).start([port, admin])
+        peer_cert(port, "mail.beta.test")
+        peer_cert(port, None)
+        proc.wait_log(r"conn listener=tls .*sni=mail\.beta\.test")
+        status, body = self.http_get(admin, "/metrics")
+        self.assertEqual(status, 200)
+        self.assertRegex(body, r'mailsnid_connections_total\{listener="tls"\} [1-9]')
+        self.assertRegex(body, r'mailsnid_sni_selections_total\{kind="wildcard"\} [1-9]')
+        self.assertRegex(body, r'mailsnid_sni_selections_total\{kind="none"\} [1-9]')
+        self.assertRegex(body, r'mailsnid_handshakes_total\{outcome="ok"\} [1-9]')
+        self.assertEqual(self.http_get(admin, "/healthz")[0], 200)
+        self.assertEqual(self.http_get(admin, "/other")[0], 404)
+        # A drain fails the health check while an open connection keeps the process alive.
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                            server_hostname="mail.alpha.test")
+        s.sendall(b"x")
+        s.recv(1)
+        proc.signal(signal.SIGTERM)
+        proc.wait_log("draining")
+        self.assertEqual(self.http_get(admin, "/healthz")[0], 503)
+        s.close()
+        proc.stop()
+
+    def test_sighup_picks_up_a_replaced_certificate_and_keeps_open_connections(self):
+        ca = certs.CA.load(PKI["ca_dir"])
+        leaf = ca.issue(["mail.delta.test"], out_dir=os.path.join(self.dir, "delta"))
+        cert, key = os.path.join(self.dir, "delta.pem"), os.path.join(self.dir, "delta.key")
+        shutil.copy(leaf.fullchain, cert)
+        shutil.copy(leaf.key, key)
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port, admin = free_port(), free_port()
+        cfg = base_config(listener("tls", port, "imap", backend.addr),
+                          f'admin = "127.0.0.1:{admin}";').replace(
+            "certificates = (", f'certificates = (\n  {{ cert = "{cert}"; key = "{key}"; }},')
+        proc = self.start(cfg, [port])
+        self.assertEqual(peer_cert(port, "mail.delta.test")["fingerprint"], fingerprint(cert))
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        old = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                              server_hostname="mail.delta.test")
+        old.sendall(b"before\r\n")
+        self.assertEqual(old.recv(100), b"before\r\n")
+
+        renewed = ca.issue(["mail.delta.test"], out_dir=os.path.join(self.dir, "delta2"))
+        shutil.copy(renewed.fullchain, cert)
+        shutil.copy(renewed.key, key)
+        proc.signal(signal.SIGHUP)
+        proc.wait_log(r"reload \(SIGHUP\):")
+        self.assertEqual(peer_cert(port, "mail.delta.test")["fingerprint"], fingerprint(cert))
+        self.assertNotEqual(fingerprint(cert), fingerprint(leaf.fullchain))
+        old.sendall(b"after\r\n")
+        self.assertEqual(old.recv(100), b"after\r\n")
+
+        # A broken reload (key of another certificate) keeps the renewed pair serving.
+        shutil.copy(PKI["default_key"], key)
+        proc.signal(signal.SIGHUP)
+        proc.wait_log(r"reload \(SIGHUP\) failed")
+        proc.wait_log(rf"{re.escape(self.dir)}/\S+\.cfg:\d+: .*match")
+        self.assertEqual(peer_cert(port, "mail.delta.test")["fingerprint"], fingerprint(cert))
+        status, body = self.http_get(admin, "/metrics")
+        self.assertIn('mailsnid_reloads_total{result="failed"} 1', body)
+        self.assertIn('mailsnid_reloads_total{result="ok"} 1', body)
+        old.sendall(b"still\r\n")
+        self.assertEqual(old.recv(100), b"still\r\n")
+        old.close()
