@@ -325,7 +325,16 @@ static void load_dir(struct build *b, const char *dir)
         int rc = pair_get(b, cert, key, &p, reason, sizeof(reason));
         if (rc == -ENOMEM)
             b->oom = true;
-        if (rc < 0) {
+        /* certbot swaps the live links one at a time (the new key sits beside the old chain
+         * for a moment): a folder caught half-renewed keeps the pair it had, and the reload
+         * that follows the last change picks up the new one. */
+        struct cs_pair *kept = rc < 0 && rc != -ENOMEM ? pairmap_get(&b->prev_map, cert, key) : NULL;
+        if (kept) {
+            cs_msg_add(&b->warnings, "%s: not usable now (%s); keeping the pair loaded before\n",
+                       sub, reason);
+            cs_pair_ref(kept);
+            p = kept;
+        } else if (rc < 0) {
             cs_msg_add(&b->warnings, "%s: skipped: %s\n", sub, reason);
             b->stats.skipped++;
             continue;

@@ -8,6 +8,7 @@
 
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/watch.h"
 
 struct reload {
     struct server *srv;
@@ -80,6 +81,8 @@ static void finish(uv_work_t *work, int status)
     struct server *srv = r->srv;
     r->running = false;
     if (status == 0 && !r->stopping) {
+        if (r->conf)
+            watch_refresh(srv, r->conf); /* domain folders may have come or gone */
         log_lines(CONF_LOG_WARNING, r->warnings);
         if (!r->store) {
             log_lines(CONF_LOG_ERR, r->errors);

@@ -17,6 +17,7 @@
 #include "proxy/reload.h"
 #include "proxy/routes.h"
 #include "proxy/tls.h"
+#include "proxy/watch.h"
 
 static unsigned worker_count(const struct conf *conf)
 {
@@ -153,6 +154,7 @@ static void stop_control(struct server *srv)
     uv_close((uv_handle_t *)&srv->worker_exited, NULL);
     admin_stop(srv);
     reload_stop(srv);
+    watch_stop(srv);
 }
 
 static void on_worker_exited(uv_async_t *a)
@@ -219,7 +221,7 @@ int server_run(struct server *srv)
     uv_signal_start(&srv->sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&srv->sig_hup, on_hup, SIGHUP);
 
-    if (admin_start(srv) < 0 || reload_start(srv) < 0) {
+    if (admin_start(srv) < 0 || reload_start(srv) < 0 || watch_start(srv) < 0) {
         stop_control(srv);
         uv_run(srv->loop, UV_RUN_DEFAULT);
         return 1;

@@ -59,6 +59,7 @@ struct server {
     atomic_bool stopping;              /* close everything now */
     struct admin *admin;               /* admin endpoint, when configured */
     struct reload *reload;             /* reload machinery (control thread) */
+    struct watch *watch;               /* file watcher (control thread) */
 };
 
 /* Builds everything the config asks for and binds the listening sockets; nothing runs yet.
