@@ -1,6 +1,7 @@
 /* mailsnid: command line, and the order of start-up (config, certificates, sockets, run). */
 #include <getopt.h>
 #include <libconfig.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "conf/conf.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/tickets.h"
 #include "proxy/tls.h"
 
 #define MAILSNID_VERSION "0.1.0"
@@ -55,6 +57,21 @@ static int load_all(const char *path, struct conf **conf, struct cs_store **stor
             log_lines(CONF_LOG_ERR, errors);
         free(errors);
         return 1;
+    }
+    if ((*conf)->tls.ticket_keys) {
+        /* Checked here so that -t catches a bad key file; the server loads it again. */
+        struct tickets *t = tickets_load((*conf)->tls.ticket_keys, &errors);
+        if (!t) {
+            if (to_stderr)
+                fputs(errors ? errors : "ticket keys: unknown error\n", stderr);
+            else
+                log_lines(CONF_LOG_ERR, errors);
+            free(errors);
+            conf_free(*conf);
+            *conf = NULL;
+            return 1;
+        }
+        tickets_free(t);
     }
     int r = cs_store_build(*conf, NULL, store, &errors, &warnings);
     if (to_stderr) {
@@ -106,6 +123,10 @@ static int print_certs(const char *path)
 
 static int run(const char *path)
 {
+    /* Until the control loop handles it, a SIGHUP (a certbot hook during a long start) must
+     * not kill the process: the certificates are being read anyway. */
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
     struct conf *conf;
     struct cs_store *store;
     if (load_all(path, &conf, &store, false))

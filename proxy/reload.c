@@ -8,6 +8,7 @@
 
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/tickets.h"
 #include "proxy/watch.h"
 
 struct reload {
@@ -18,6 +19,7 @@ struct reload {
     /* Results of the build, handed from the pool thread to the control loop. */
     struct conf *conf;
     struct cs_store *store;
+    struct tickets *tickets;
     char *errors, *warnings;
     double seconds;
 };
@@ -55,6 +57,11 @@ static void build(uv_work_t *work)
     struct reload *r = work->data;
     double start = now_seconds();
     if (conf_load(r->srv->conf->path, &r->conf, &r->errors) == 0) {
+        if (r->conf->tls.ticket_keys &&
+            !(r->tickets = tickets_load(r->conf->tls.ticket_keys, &r->errors))) {
+            r->seconds = now_seconds() - start;
+            return;
+        }
         struct cs_store *current = cs_current_get(r->srv->certs);
         if (cs_store_build(r->conf, current, &r->store, &r->errors, &r->warnings) < 0)
             r->store = NULL;
@@ -93,6 +100,12 @@ static void finish(uv_work_t *work, int status)
             cs_store_stats(r->store, &st);
             warn_fixed_settings(srv->conf, r->conf);
             cs_current_set(srv->certs, r->store);
+            /* Listeners started without tls.ticket_keys keep OpenSSL's own keys until a
+             * restart; with it, the new key set applies to the next ticket. */
+            if (r->tickets || srv->conf->tls.ticket_keys) {
+                tickets_set_current(r->tickets);
+                r->tickets = NULL;
+            }
             log_notice("reload (%s): %zu pairs (+%zu added, %zu changed, -%zu removed, %zu skipped) "
                        "in %.3f s", r->why, st.pairs, st.pairs_added, st.pairs_changed,
                        st.pairs_removed, st.skipped, r->seconds);
@@ -102,6 +115,8 @@ static void finish(uv_work_t *work, int status)
     }
     if (r->store)
         cs_store_unref(r->store);
+    tickets_free(r->tickets);
+    r->tickets = NULL;
     conf_free(r->conf);
     free(r->errors);
     free(r->warnings);

@@ -16,6 +16,7 @@
 #include "proxy/metrics.h"
 #include "proxy/reload.h"
 #include "proxy/routes.h"
+#include "proxy/tickets.h"
 #include "proxy/tls.h"
 #include "proxy/watch.h"
 
@@ -44,6 +45,16 @@ int server_init(struct server *srv, struct conf *conf, struct cs_store *store)
     }
     for (size_t i = 0; i < srv->n_workers * conf->n_listeners; i++)
         srv->fds[i] = -1;
+    if (conf->tls.ticket_keys) {
+        char *err = NULL;
+        struct tickets *t = tickets_load(conf->tls.ticket_keys, &err);
+        if (!t) {
+            log_lines(CONF_LOG_ERR, err);
+            free(err);
+            return -EINVAL;
+        }
+        tickets_set_current(t);
+    }
     for (size_t i = 0; i < conf->n_listeners; i++) {
         const struct conf_listener *l = &conf->listeners[i];
         const char *err = NULL;
@@ -150,6 +161,11 @@ static void stop_control(struct server *srv)
     uv_close((uv_handle_t *)&srv->sig_term, NULL);
     uv_close((uv_handle_t *)&srv->sig_int, NULL);
     uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+    /* Closing the handles restores the default dispositions; a signal in the last moments of
+     * the exit must not kill the process with a status that says it crashed. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
     uv_close((uv_handle_t *)&srv->worker_exited, NULL);
     admin_stop(srv);
@@ -261,6 +277,7 @@ void server_free(struct server *srv)
         SSL_CTX_free(srv->listeners[i].ssl_ctx);
     free(srv->listeners);
     routes_free(srv->routes);
+    tickets_shutdown();
     if (srv->certs)
         cs_current_free(srv->certs);
     memset(srv, 0, sizeof *srv);

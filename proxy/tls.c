@@ -10,6 +10,7 @@
 
 #include "proxy/conn.h"
 #include "proxy/log.h"
+#include "proxy/tickets.h"
 
 static BIO_METHOD *bio_method;
 
@@ -140,6 +141,8 @@ SSL_CTX *tls_ctx_new(const struct conf *conf, const struct conf_listener *listen
     }
     if (listener->proto == CONF_PROTO_HTTP)
         SSL_CTX_set_alpn_select_cb(ctx, alpn_select_http, NULL);
+    if (conf->tls.ticket_keys)
+        tickets_install(ctx);
     cs_select_install(ctx, certs);
     return ctx;
 fail:

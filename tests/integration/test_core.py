@@ -576,3 +576,78 @@ class AdminAndReload(Base):
         old.sendall(b"still\r\n")
         self.assertEqual(old.recv(100), b"still\r\n")
         old.close()
+
+
+class Resumption(Base):
+    def session_from(self, port: int, ctx: ssl.SSLContext, session=None):
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            with ctx.wrap_socket(raw, server_hostname="mail.alpha.test", session=session) as s:
+                s.sendall(b"x")
+                self.assertEqual(s.recv(1), b"x")  # TLS 1.3 tickets arrive after the handshake
+                return s.session, s.session_reused
+
+    def ticket_file(self, *keys: bytes) -> str:
+        import base64
+        path = os.path.join(self.dir, f"tickets-{len(os.listdir(self.dir))}.key")
+        with open(path, "w") as f:
+            for k in keys:
+                f.write(base64.b64encode(k).decode() + "\n")
+        return path
+
+    def instance(self, tickets: str | None, backend: EchoBackend) -> int:
+        port = free_port()
+        extra = f'ticket_keys = "{tickets}"; ' if tickets else ""
+        cfg = base_config(listener("tls", port, "imap", backend.addr)).replace(
+            "tls = {", "tls = { " + extra, 1)
+        p = MailsnidProcess(cfg, self.dir, name=f"m{port}").start([port])
+        self.addCleanup(p.stop)
+        self.procs = getattr(self, "procs", []) + [p]
+        return port
+
+    def test_tls13_and_tls12_resume_on_one_instance(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port = self.instance(None, backend)
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            ctx = ssl.create_default_context(cafile=PKI["ca"])
+            ctx.maximum_version = version
+            sess, reused = self.session_from(port, ctx)
+            self.assertFalse(reused)
+            _, reused = self.session_from(port, ctx, sess)
+            self.assertTrue(reused, version)
+
+    def test_fleet_sharing_a_key_file_resumes_each_others_sessions(self):
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        k1, k2 = os.urandom(80), os.urandom(80)
+        shared = self.ticket_file(k1)
+        a, b = self.instance(shared, backend), self.instance(shared, backend)
+        other = self.instance(self.ticket_file(k2), backend)
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        sess, _ = self.session_from(a, ctx)
+        self.assertTrue(self.session_from(b, ctx, sess)[1])
+        self.assertFalse(self.session_from(other, ctx, sess)[1])
+
+        # Rotation: a new key first, the old one kept: B still resumes A's old session after
+        # a reload, and issues new tickets with the new key.
+        with open(shared, "w") as f:
+            import base64
+            f.write(base64.b64encode(k2).decode() + "\n" + base64.b64encode(k1).decode() + "\n")
+        self.procs[1].signal(signal.SIGHUP)
+        self.procs[1].wait_log(r"reload \(")
+        self.assertTrue(self.session_from(b, ctx, sess)[1])
+        new_sess, _ = self.session_from(b, ctx)
+        self.assertTrue(self.session_from(other, ctx, new_sess)[1])  # other uses k2
+
+    def test_bad_ticket_key_file_is_refused_with_its_line(self):
+        path = self.ticket_file(os.urandom(80))
+        with open(path, "a") as f:
+            f.write("not-base64-of-80-bytes\n")
+        cfg = base_config(listener("a", free_port(), "imap", "127.0.0.1:1")).replace(
+            "tls = {", f'tls = {{ ticket_keys = "{path}"; ', 1)
+        cfg_path = os.path.join(self.dir, "t.cfg")
+        with open(cfg_path, "w") as f:
+            f.write(cfg)
+        r = subprocess.run([MAILSNID, "-t", "-c", cfg_path], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"{path}:2: not a ticket key", r.stderr)
