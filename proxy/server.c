@@ -14,6 +14,7 @@
 #include "proxy/listener.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/privs.h"
 #include "proxy/reload.h"
 #include "proxy/routes.h"
 #include "proxy/tickets.h"
@@ -237,7 +238,10 @@ int server_run(struct server *srv)
     uv_signal_start(&srv->sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&srv->sig_hup, on_hup, SIGHUP);
 
-    if (admin_start(srv) < 0 || reload_start(srv) < 0 || watch_start(srv) < 0) {
+    /* Everything that needs root — listening sockets, the admin socket, the keys, the
+     * watches — is in place; workers start only once the switch to `user` has succeeded. */
+    if (admin_start(srv) < 0 || reload_start(srv) < 0 || watch_start(srv) < 0 ||
+        privs_drop(srv->conf) < 0) {
         stop_control(srv);
         uv_run(srv->loop, UV_RUN_DEFAULT);
         return 1;

@@ -1,0 +1,55 @@
+/* The order matters: supplementary groups, then the group, then the user (after setuid we could
+ * no longer change groups). Afterwards the process checks it cannot become root again: a
+ * half-done switch is worse than refusing to start.
+ *
+ * Reloads read keys again as the unprivileged user, so keys must be readable by it: the
+ * README's model is keys group-readable by the proxy's group (mode 0640, group mailsnid);
+ * certbot keeps the mode and group of the previous key when it renews. */
+#include "proxy/privs.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "proxy/log.h"
+
+int privs_drop(const struct conf *conf)
+{
+    if (!conf->user && !conf->group)
+        return 0;
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    const char *name = NULL;
+    if (conf->user) {
+        struct passwd *pw = getpwnam(conf->user);
+        if (!pw) {
+            log_err("%s: user \"%s\" does not exist: refusing to run as root", conf->path, conf->user);
+            return -1;
+        }
+        uid = pw->pw_uid;
+        gid = pw->pw_gid;
+        name = pw->pw_name;
+    }
+    if (conf->group) {
+        struct group *gr = getgrnam(conf->group);
+        if (!gr) {
+            log_err("%s: group \"%s\" does not exist: refusing to start", conf->path, conf->group);
+            return -1;
+        }
+        gid = gr->gr_gid;
+    }
+    int rc = name ? initgroups(name, gid) : setgroups(0, NULL);
+    if (rc < 0 || setgid(gid) < 0 || (conf->user && setuid(uid) < 0)) {
+        log_err("cannot switch to user %s group %s: %s: refusing to serve with the old privileges",
+                conf->user ? conf->user : "-", conf->group ? conf->group : "-", strerror(errno));
+        return -1;
+    }
+    if (conf->user && uid != 0 && (setuid(0) == 0 || geteuid() == 0)) {
+        log_err("still able to regain root after switching to %s: refusing to serve", conf->user);
+        return -1;
+    }
+    log_notice("running as uid %d gid %d", (int)getuid(), (int)getgid());
+    return 0;
+}
