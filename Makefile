@@ -71,6 +71,7 @@ test: deps
 	$(MAKE) all unit-bins
 	$(MAKE) unit
 	$(MAKE) integration
+	dist/test_install.sh
 	$(MAKE) fuzz FUZZ_TIME=$(TEST_FUZZ_TIME)
 
 # `make test` gives each fuzz target a short run: enough to catch a regression on the seeds and
@@ -96,6 +97,7 @@ integration: $(BUILD)/mailsnid $(BENCH_BIN)
 clean:
 	rm -rf build build-san
 
+include dist/install.mk
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # ---- fuzzing: libFuzzer targets built with clang; each runs FUZZ_TIME seconds. Seeds live in

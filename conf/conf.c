@@ -259,7 +259,8 @@ static void parse_admin(struct conf_ctx *ctx, struct conf *conf, const config_se
 }
 
 static const char *const top_keys[] = {
-    "workers", "user", "group", "log", "admin", "drain_timeout", "max_connections", "tls",
+    "workers", "user", "group", "log", "admin", "drain_timeout", "max_connections",
+    "max_connections_per_client", "tls",
     "certificates", "cert_dirs", "listeners", "routes", NULL
 };
 
@@ -277,6 +278,8 @@ static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_set
     conf->drain_timeout_s = 30;
     conf_read_uint(ctx, root, "drain_timeout", CONF_MAX_SECONDS, &conf->drain_timeout_s);
     conf_read_uint(ctx, root, "max_connections", UINT_MAX, &conf->max_connections);
+    conf_read_uint(ctx, root, "max_connections_per_client", UINT_MAX,
+                   &conf->max_connections_per_client);
     parse_tls(ctx, conf, root);
     parse_certs(ctx, conf, root);
     parse_cert_dirs(ctx, conf, root);

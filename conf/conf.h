@@ -80,6 +80,7 @@ struct conf {
     struct conf_addr admin;
     unsigned drain_timeout_s;             /* default 30 */
     unsigned max_connections;             /* global; default 0 = unlimited */
+    unsigned max_connections_per_client;  /* per client address (IPv6: per /64); 0 = unlimited */
 
     struct {
         char *default_cert, *default_key; /* required */

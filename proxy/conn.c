@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/climit.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/tls.h"
@@ -120,6 +121,8 @@ void conn_close(struct conn *c, enum conn_outcome outcome)
     w->n_conns--;
     atomic_fetch_sub(&c->listener->open, 1);
     atomic_fetch_sub(&w->server->open_total, 1);
+    if (c->climit_held)
+        climit_release((struct sockaddr *)&c->peer);
 
     if (c->ssl) {
         SSL_free(c->ssl);
@@ -516,8 +519,24 @@ void conn_arm_timer(struct conn *c, unsigned ms)
 void conn_start_session(struct conn *c)
 {
     const struct conf_listener *l = c->listener->conf;
+    /* Counted only now: behind a load balancer the client's address comes from the PROXY
+     * header. */
+    if (!c->limited) {
+        c->climit_held = climit_acquire((struct sockaddr *)&c->peer);
+        if (!c->climit_held) {
+            c->limited = true;
+            snprintf(c->error, sizeof c->error, "max_connections_per_client reached");
+        }
+    }
     if (l->tls == CONF_TLS_IMPLICIT) {
+        /* Over a limit, the handshake still runs so that the refusal can be said in the
+         * protocol's words (tls.c answers instead of connecting a backend). */
         tls_begin(c);
+        return;
+    }
+    if (c->limited) {
+        log_notice("listener %s: %s", l->name, c->error);
+        conn_fail_with_reply(c, OUT_LIMIT, st_busy_reply(l->proto));
         return;
     }
     c->state = CONN_PRE_TLS;
@@ -534,8 +553,9 @@ static bool over_limit(struct worker *w, struct listener_rt *l)
 {
     unsigned global = w->server->conf->max_connections;
     unsigned local = l->conf->max_connections;
-    return (global && atomic_load(&w->server->open_total) >= global) ||
-           (local && atomic_load(&l->open) >= local);
+    /* The counts already include the connection being accepted. */
+    return (global && atomic_load(&w->server->open_total) > global) ||
+           (local && atomic_load(&l->open) > local);
 }
 
 void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_handle)
@@ -577,9 +597,8 @@ void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_ha
     metrics_conn_opened(c);
 
     if (over_limit(w, l)) {
+        c->limited = true;
         snprintf(c->error, sizeof c->error, "max_connections reached");
-        conn_close(c, OUT_LIMIT);
-        return;
     }
     if (l->conf->proxy_protocol_in) {
         proxyin_begin(c);

@@ -78,6 +78,9 @@ struct conn {
     enum conf_pp proxy_protocol;
     unsigned connect_attempt_ms;
 
+    bool limited;                      /* over a connection limit: answer "try later", then close */
+    bool climit_held;                  /* counted in the per-client limit (released at close) */
+
     struct st_session *st;             /* STARTTLS listeners only, until the relay starts */
     bool starttls_done;                /* TLS came from STARTTLS (swallow the next greeting) */
 

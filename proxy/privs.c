@@ -40,6 +40,10 @@ int privs_drop(const struct conf *conf)
         }
         gid = gr->gr_gid;
     }
+    if (getuid() == uid && geteuid() == uid && getgid() == gid && getegid() == gid) {
+        /* Already that user (systemd's User=): nothing to switch, and setgroups would fail. */
+        return 0;
+    }
     int rc = name ? initgroups(name, gid) : setgroups(0, NULL);
     if (rc < 0 || setgid(gid) < 0 || (conf->user && setuid(uid) < 0)) {
         log_err("cannot switch to user %s group %s: %s: refusing to serve with the old privileges",

@@ -10,6 +10,7 @@
 
 #include "proxy/admin.h"
 #include "proxy/buf.h"
+#include "proxy/climit.h"
 #include "proxy/conn.h"
 #include "proxy/listener.h"
 #include "proxy/log.h"
@@ -46,6 +47,7 @@ int server_init(struct server *srv, struct conf *conf, struct cs_store *store)
     }
     for (size_t i = 0; i < srv->n_workers * conf->n_listeners; i++)
         srv->fds[i] = -1;
+    climit_setup(conf->max_connections_per_client);
     if (conf->tls.ticket_keys) {
         char *err = NULL;
         struct tickets *t = tickets_load(conf->tls.ticket_keys, &err);
@@ -282,6 +284,7 @@ void server_free(struct server *srv)
     free(srv->listeners);
     routes_free(srv->routes);
     tickets_shutdown();
+    climit_shutdown();
     if (srv->certs)
         cs_current_free(srv->certs);
     memset(srv, 0, sizeof *srv);

@@ -131,6 +131,11 @@ enum st_event st_client_input(struct st_session *s, const char *data, size_t len
         }
         const char *line = data + used;
         size_t bare = st_strip_eol(line, n);
+        if (++s->commands > ST_PRETLS_COMMANDS_MAX) {
+            send_to_client(sink, s->ops->too_many_commands);
+            ev = ST_CLOSE;
+            break;
+        }
         enum st_kind kind = s->ops->classify(s, line, bare);
         if (kind == ST_KIND_STARTTLS) {
             used += n;
@@ -246,5 +251,17 @@ const char *st_unavailable_reply(enum conf_proto proto)
     default:
         return "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n"
                "Connection: close\r\n\r\nBad Gateway\n";
+    }
+}
+
+const char *st_busy_reply(enum conf_proto proto)
+{
+    switch (proto) {
+    case CONF_PROTO_IMAP: return "* BYE [UNAVAILABLE] Too many connections, try again later\r\n";
+    case CONF_PROTO_POP3: return "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
+    case CONF_PROTO_SMTP: return "421 4.7.0 Too many connections, try again later\r\n";
+    default:
+        return "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 10\r\nContent-Type: text/plain\r\n"
+               "Content-Length: 20\r\nConnection: close\r\n\r\nToo many connections";
     }
 }

@@ -116,5 +116,5 @@ const struct st_ops st_imap_ops = {
     .backend_line = imap_backend_line,
     .starttls_reply = imap_starttls_reply,
     .line_too_long = "* BYE Command line too long\r\n",
-    .too_many_commands = "* BYE Too many pipelined commands\r\n",
+    .too_many_commands = "* BYE Too many commands\r\n",
 };

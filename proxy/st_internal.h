@@ -22,6 +22,9 @@ enum st_kind {
 
 /* Commands forwarded but not yet answered, oldest first (a client may pipeline a few). */
 #define ST_PIPELINE_MAX 16
+/* Commands a client may send before TLS: a real client needs a handful; a client that keeps a
+ * plaintext session busy without ever upgrading or logging in is shown the door. */
+#define ST_PRETLS_COMMANDS_MAX 64
 
 struct st_session {
     enum conf_proto proto;
@@ -29,6 +32,7 @@ struct st_session {
     bool required;
     bool blind;
     bool starttls_asked;
+    unsigned commands;     /* client commands seen so far */
     uint8_t pending[ST_PIPELINE_MAX];
     unsigned n_pending, head;
     /* Inside a multi-line response to the oldest pending command. */

@@ -74,5 +74,5 @@ const struct st_ops st_pop3_ops = {
     .backend_line = pop3_backend_line,
     .starttls_reply = pop3_starttls_reply,
     .line_too_long = "-ERR Command line too long\r\n",
-    .too_many_commands = "-ERR Too many pipelined commands\r\n",
+    .too_many_commands = "-ERR Too many commands\r\n",
 };

@@ -88,5 +88,5 @@ const struct st_ops st_smtp_ops = {
     .backend_line = smtp_backend_line,
     .starttls_reply = smtp_starttls_reply,
     .line_too_long = "500 5.5.2 Line too long\r\n421 4.7.0 Closing connection\r\n",
-    .too_many_commands = "421 4.7.0 Too many pipelined commands, closing connection\r\n",
+    .too_many_commands = "421 4.7.0 Too many commands, closing connection\r\n",
 };

@@ -65,5 +65,7 @@ long st_greeting_length(enum conf_proto proto, const char *data, size_t len);
 /* The text a client gets when no backend answers (SPEC.md: IMAP BYE, POP3 -ERR, SMTP 421,
  * HTTP 502). */
 const char *st_unavailable_reply(enum conf_proto proto);
+/* The "too many connections, try later" answer (a connection limit was hit). */
+const char *st_busy_reply(enum conf_proto proto);
 
 #endif

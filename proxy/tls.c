@@ -203,6 +203,11 @@ static void handshake_step(struct conn *c)
         /* Application data that came with the client's Finished stays in c->cin (or inside
          * OpenSSL) and is read once the backend is there to take it. */
         conn_client_read_stop(c);
+        if (c->limited) {
+            log_notice("listener %s: %s", c->listener->conf->name, c->error);
+            conn_fail_with_reply(c, OUT_LIMIT, st_busy_reply(c->listener->conf->proto));
+            return;
+        }
         c->state = CONN_CONNECTING;
         upstream_connect(c);
         return;

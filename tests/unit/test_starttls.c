@@ -173,6 +173,17 @@ static void imap(void)
     CHECK(strstr(o.client, "* BYE Command line too long") != NULL);
     CHECK(o.nb == 0);
 
+    /* A client that keeps a plaintext session busy is closed after the pre-TLS command cap. */
+    {
+        static char many[80 * 8 + 1];
+        for (int i = 0; i < 80; i++)
+            memcpy(many + i * 8, "a NOOP\r\n", 8);
+        const struct step busy[] = { { false, "* OK ready\r\n" }, { true, many } };
+        left = 0;
+        CHECK(run(CONF_PROTO_IMAP, false, busy, N(busy), 0, &o, &left) == ST_CLOSE);
+        CHECK(strstr(o.client, "* BYE Too many commands") != NULL);
+    }
+
     /* STARTTLS with arguments is a syntax error; literals make a command not harmless. */
     const struct step args[] = { { false, "* OK ready\r\n" }, { true, "t STARTTLS now\r\n" } };
     expect(CONF_PROTO_IMAP, true, args, N(args),

@@ -1,0 +1,16 @@
+/* climit: connections per client address (config max_connections_per_client), across workers.
+ * IPv4 addresses count one by one; IPv6 by /64, the smallest block one subscriber gets. */
+#ifndef MAILSNID_CLIMIT_H
+#define MAILSNID_CLIMIT_H
+
+#include <stdbool.h>
+#include <sys/socket.h>
+
+/* MAX = 0 turns the limit off (acquire always succeeds, nothing is tracked). */
+void climit_setup(unsigned max);
+/* Counts one more connection from ADDR; false (and nothing counted) when ADDR is at the cap. */
+bool climit_acquire(const struct sockaddr *addr);
+void climit_release(const struct sockaddr *addr);
+void climit_shutdown(void);
+
+#endif
