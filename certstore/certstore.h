@@ -83,6 +83,10 @@ enum cs_key_type cs_pair_key_type(const struct cs_pair *pair);
 time_t cs_pair_not_after(const struct cs_pair *pair);
 const char *cs_key_type_name(enum cs_key_type type);
 
+/* Calls FN for every pair of the snapshot (for the per-certificate expiry metric). */
+void cs_store_foreach_pair(const struct cs_store *store,
+                           void (*fn)(const struct cs_pair *pair, void *arg), void *arg);
+
 /* Prints the SNI map, one line per name: name, kind, cert file, key type, not-after date;
  * then the default pair, then counts and the soonest expiries. */
 void cs_store_print(const struct cs_store *store, FILE *out);

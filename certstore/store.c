@@ -623,3 +623,10 @@ void cs_current_set(struct cs_current *current, struct cs_store *store)
     pthread_mutex_unlock(&current->lock);
     cs_store_unref(old);
 }
+
+void cs_store_foreach_pair(const struct cs_store *store,
+                           void (*fn)(const struct cs_pair *pair, void *arg), void *arg)
+{
+    for (size_t i = 0; i < store->n_pairs; i++)
+        fn(store->pairs[i], arg);
+}

@@ -20,6 +20,7 @@ static atomic_ullong proxy_refused;
 static atomic_ullong bytes_up, bytes_down;
 static atomic_ullong reloads_ok, reloads_failed;
 static atomic_llong last_reload_time;
+static atomic_ullong generation = 1; /* the configuration in force: 1 at start, +1 per reload */
 
 #define MAX_BACKENDS 256
 static pthread_mutex_t backend_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -79,8 +80,32 @@ void metrics_proxy_refused(const struct conn *c)
 void metrics_reload(bool ok)
 {
     atomic_fetch_add_explicit(ok ? &reloads_ok : &reloads_failed, 1, RELAXED);
-    if (ok)
+    if (ok) {
         atomic_store_explicit(&last_reload_time, (long long)time(NULL), RELAXED);
+        atomic_fetch_add_explicit(&generation, 1, RELAXED);
+    }
+}
+
+struct expiry_ctx {
+    FILE *out;
+    time_t now;
+};
+
+static void print_expiry(const struct cs_pair *pair, void *arg)
+{
+    struct expiry_ctx *ctx = arg;
+    fputs("mailsnid_certificate_expiry_seconds{cert=\"", ctx->out);
+    /* Label values escape backslash, quote and newline (Prometheus text format). */
+    for (const char *p = cs_pair_cert_path(pair); *p; p++) {
+        if (*p == '\\' || *p == '"')
+            fputc('\\', ctx->out);
+        if (*p == '\n')
+            fputs("\\n", ctx->out);
+        else
+            fputc(*p, ctx->out);
+    }
+    fprintf(ctx->out, "\",key=\"%s\"} %lld\n", cs_key_type_name(cs_pair_key_type(pair)),
+            (long long)(cs_pair_not_after(pair) - ctx->now));
 }
 
 static unsigned long long get(atomic_ullong *v)
@@ -128,7 +153,15 @@ void metrics_render(const struct server *srv, FILE *out)
     fprintf(out, "# TYPE mailsnid_reloads_total counter\n"
                  "mailsnid_reloads_total{result=\"ok\"} %llu\nmailsnid_reloads_total{result=\"failed\"} %llu\n"
                  "# TYPE mailsnid_last_reload_timestamp_seconds gauge\n"
-                 "mailsnid_last_reload_timestamp_seconds %lld\n",
+                 "mailsnid_last_reload_timestamp_seconds %lld\n"
+                 "# HELP mailsnid_config_generation Configurations loaded: 1 at start, +1 per successful reload.\n"
+                 "# TYPE mailsnid_config_generation gauge\nmailsnid_config_generation %llu\n",
             get(&reloads_ok), get(&reloads_failed),
-            (long long)atomic_load_explicit(&last_reload_time, RELAXED));
+            (long long)atomic_load_explicit(&last_reload_time, RELAXED), get(&generation));
+    fprintf(out, "# HELP mailsnid_certificate_expiry_seconds Seconds until the certificate's notAfter "
+                 "(negative: expired).\n# TYPE mailsnid_certificate_expiry_seconds gauge\n");
+    struct cs_store *store = cs_current_get(srv->certs);
+    struct expiry_ctx ctx = { out, time(NULL) };
+    cs_store_foreach_pair(store, print_expiry, &ctx);
+    cs_store_unref(store);
 }
