@@ -132,7 +132,8 @@ void conn_close(struct conn *c, enum conn_outcome outcome)
     buf_put(c->bin);
     buf_put(c->cout);
     buf_put(c->bout);
-    c->cin = c->bin = c->cout = c->bout = NULL;
+    buf_put(c->pin);
+    c->cin = c->bin = c->cout = c->bout = c->pin = NULL;
     st_free(c->st);
     c->st = NULL;
     close_handle(c, (uv_handle_t *)&c->timer);
@@ -283,6 +284,11 @@ static void on_backend_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
         greeting_backend_input(c);
         break;
     case CONN_RELAY: {
+        if (c->st && nread > 0) {
+            /* After STARTTLS, until the client goes blind: capabilities still edited. */
+            starttls_backend_input(c);
+            break;
+        }
         struct buf *b = NULL;
         if (nread > 0) {
             b = c->bin;

@@ -81,7 +81,8 @@ struct conn {
     bool limited;                      /* over a connection limit: answer "try later", then close */
     bool climit_held;                  /* counted in the per-client limit (released at close) */
 
-    struct st_session *st;             /* STARTTLS listeners only, until the relay starts */
+    struct st_session *st;             /* STARTTLS listeners only, until the client goes blind */
+    struct buf *pin;                   /* after STARTTLS: decrypted client bytes, a partial line */
     bool starttls_done;                /* TLS came from STARTTLS (swallow the next greeting) */
 
     uint64_t start_ms, last_active_ms;
@@ -140,6 +141,7 @@ void starttls_begin(struct conn *c);              /* starttls.c: backend connect
 void starttls_client_input(struct conn *c);       /* starttls.c */
 void starttls_backend_input(struct conn *c);      /* starttls.c */
 void greeting_backend_input(struct conn *c);      /* starttls.c: after STARTTLS, fresh backend */
+void starttls_after_tls_client_input(struct conn *c, struct buf *b); /* starttls.c: decrypted bytes */
 void proxyin_begin(struct conn *c);               /* proxyin.c: check the source, wait for the header */
 void proxyin_client_input(struct conn *c);        /* proxyin.c */
 

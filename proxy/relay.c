@@ -40,6 +40,10 @@ void relay_start(struct conn *c)
 
 void relay_client_plaintext(struct conn *c, struct buf *b)
 {
+    if (c->st) {
+        starttls_after_tls_client_input(c, b);
+        return;
+    }
     c->bytes_up += buf_unread(b);
     int r = conn_send_buf(c, (uv_stream_t *)&c->backend, b);
     if (r < 0) {

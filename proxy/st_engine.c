@@ -32,6 +32,23 @@ struct st_session *st_new(enum conf_proto proto, bool required)
     return s;
 }
 
+struct st_session *st_new_after_tls(enum conf_proto proto)
+{
+    struct st_session *s = st_new(proto, false);
+    if (s) {
+        s->after_tls = true;
+        s->n_pending = 0; /* the greeting was swallowed: the client speaks first */
+    }
+    return s;
+}
+
+int st_flush(struct st_session *s, const struct st_sink *sink)
+{
+    int r = s->held_len ? sink->to_client(sink->ctx, s->held, s->held_len) : 0;
+    s->held_len = 0;
+    return r;
+}
+
 void st_free(struct st_session *s)
 {
     free(s);
@@ -137,14 +154,14 @@ enum st_event st_client_input(struct st_session *s, const char *data, size_t len
             break;
         }
         enum st_kind kind = s->ops->classify(s, line, bare);
-        if (kind == ST_KIND_STARTTLS) {
+        if (kind == ST_KIND_STARTTLS && !s->after_tls) {
             used += n;
             s->starttls_asked = true;
             s->ops->starttls_reply(s);
             ev = ST_STARTTLS;
             break;
         }
-        bool refuse = kind == ST_KIND_BAD_STARTTLS ||
+        bool refuse = kind == ST_KIND_BAD_STARTTLS || kind == ST_KIND_STARTTLS ||
                       (s->required && (kind == ST_KIND_LOGIN || kind == ST_KIND_OTHER));
         if (refuse) {
             char reply[256];

@@ -49,16 +49,45 @@ static size_t imap_refuse(const struct st_session *s, enum st_kind kind, const c
         tlen = 1;
     }
     const char *text = kind == ST_KIND_BAD_STARTTLS ? "BAD STARTTLS takes no arguments"
+                       : kind == ST_KIND_STARTTLS   ? "BAD TLS is already active"
                                                    : "NO [PRIVACYREQUIRED] TLS is required: use STARTTLS first";
     int n = snprintf(out, cap, "%.*s %s\r\n", (int)tlen, tag, text);
     return n < 0 ? 0 : (size_t)n;
 }
 
+/* After TLS: relays LINE with STARTTLS removed from the capability list [START, END). */
+static int remove_starttls(const char *line, size_t len, size_t start, size_t end,
+                           const struct st_sink *sink)
+{
+    int r = sink->to_client(sink->ctx, line, start);
+    bool space = !(start && line[start - 1] == ' '); /* "* CAPABILITY" vs "[CAPABILITY " */
+    size_t i = start;
+    while (r == 0 && i < end) {
+        while (i < end && line[i] == ' ')
+            i++;
+        size_t t = i;
+        while (i < end && line[i] != ' ')
+            i++;
+        if (i == t || st_word_is(line + t, i - t, "STARTTLS"))
+            continue;
+        if (space)
+            r = sink->to_client(sink->ctx, " ", 1);
+        if (r == 0)
+            r = sink->to_client(sink->ctx, line + t, i - t);
+        space = true;
+    }
+    if (r == 0)
+        r = sink->to_client(sink->ctx, line + end, len - end);
+    return r;
+}
+
 /* Relays LINE with STARTTLS (and, when TLS is required, LOGINDISABLED) added to the
- * capability list that ends at offset END. */
+ * capability list that ends at offset END; after TLS, with STARTTLS removed. */
 static int add_capabilities(const struct st_session *s, const char *line, size_t len,
                             size_t start, size_t end, const struct st_sink *sink)
 {
+    if (s->after_tls)
+        return remove_starttls(line, len, start, end, sink);
     const char *caps = line + start;
     size_t caps_len = end - start;
     int r = sink->to_client(sink->ctx, line, end);

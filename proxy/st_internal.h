@@ -13,7 +13,7 @@
 enum st_kind {
     ST_KIND_HARMLESS,   /* forwarded; its response is relayed (and edited) */
     ST_KIND_CAPA,       /* harmless, and its response lists capabilities */
-    ST_KIND_STARTTLS,   /* answered by the proxy */
+    ST_KIND_STARTTLS,   /* answered by the proxy (refused once TLS is up) */
     ST_KIND_LOGIN,      /* credentials or mail: refused before TLS when required */
     ST_KIND_OTHER,      /* anything else: refused when required, else the session goes blind */
     ST_KIND_BAD_STARTTLS, /* STARTTLS with arguments: refused, the session stays as it is */
@@ -30,6 +30,7 @@ struct st_session {
     enum conf_proto proto;
     const struct st_ops *ops;
     bool required;
+    bool after_tls;        /* TLS is up: drop STARTTLS from capabilities, refuse it */
     bool blind;
     bool starttls_asked;
     unsigned commands;     /* client commands seen so far */
@@ -41,6 +42,10 @@ struct st_session {
     bool response_has_starttls;
     char tag[64];          /* IMAP: tag of the STARTTLS command */
     char reply[96];        /* the answer to STARTTLS */
+    /* SMTP after TLS: the previous EHLO line, held until the next one shows whether it must
+     * become the last ("250 STARTTLS" as the final line is dropped). */
+    unsigned held_len;
+    char held[512];
 };
 
 struct st_ops {

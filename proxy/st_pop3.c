@@ -30,6 +30,7 @@ static size_t pop3_refuse(const struct st_session *s, enum st_kind kind, const c
     (void)line;
     (void)len;
     const char *text = kind == ST_KIND_BAD_STARTTLS ? "-ERR STLS takes no arguments\r\n"
+                       : kind == ST_KIND_STARTTLS   ? "-ERR TLS is already active\r\n"
                        : kind == ST_KIND_LOGIN ? "-ERR [AUTH] TLS is required: use STLS first\r\n"
                                                : "-ERR TLS is required: use STLS first\r\n";
     size_t n = strlen(text);
@@ -50,7 +51,8 @@ static int pop3_backend_line(struct st_session *s, enum st_kind kind, const char
     }
     if (bare == 1 && line[0] == '.') {
         *done = true;
-        if (!s->response_has_starttls && sink->to_client(sink->ctx, "STLS\r\n", 6) < 0)
+        if (!s->after_tls && !s->response_has_starttls &&
+            sink->to_client(sink->ctx, "STLS\r\n", 6) < 0)
             return -1;
         return sink->to_client(sink->ctx, line, len);
     }
@@ -58,8 +60,11 @@ static int pop3_backend_line(struct st_session *s, enum st_kind kind, const char
     const char *word;
     size_t wlen;
     st_first_word(line, bare, &word, &wlen);
-    if (st_word_is(word, wlen, "STLS"))
+    if (st_word_is(word, wlen, "STLS")) {
+        if (s->after_tls)
+            return 0; /* TLS is up: not offered any more */
         s->response_has_starttls = true;
+    }
     return sink->to_client(sink->ctx, line, len);
 }
 

@@ -37,12 +37,41 @@ static size_t smtp_refuse(const struct st_session *s, enum st_kind kind, const c
     (void)len;
     const char *text = kind == ST_KIND_BAD_STARTTLS
                            ? "501 5.5.4 Syntax error (no parameters allowed)\r\n"
+                       : kind == ST_KIND_STARTTLS ? "554 5.5.1 Error: TLS already active\r\n"
                            : "530 5.7.0 Must issue a STARTTLS command first\r\n";
     size_t n = strlen(text);
     if (n > cap)
         n = cap;
     memcpy(out, text, n);
     return n;
+}
+
+/* An EHLO line after TLS: STARTTLS dropped. Each non-final line is held until the next one
+ * arrives, so that when the dropped one was the last, the held line becomes "250 …". */
+static int smtp_after_tls_line(struct st_session *s, const char *line, size_t len, size_t bare,
+                               bool final, const struct st_sink *sink)
+{
+    bool starttls = false;
+    if (bare > 4 && s->response_lines > 0) {
+        const char *word;
+        size_t wlen;
+        st_first_word(line + 4, bare - 4, &word, &wlen);
+        starttls = st_word_is(word, wlen, "STARTTLS");
+    }
+    if (starttls && !final)
+        return 0;
+    if (starttls && s->held_len) {
+        s->held[3] = ' ';
+        return st_flush(s, sink);
+    }
+    if (st_flush(s, sink) < 0)
+        return -1;
+    if (!final && len <= sizeof s->held) {
+        memcpy(s->held, line, len);
+        s->held_len = (unsigned)len;
+        return 0;
+    }
+    return sink->to_client(sink->ctx, line, len);
 }
 
 static int smtp_backend_line(struct st_session *s, enum st_kind kind, const char *line, size_t len,
@@ -54,6 +83,8 @@ static int smtp_backend_line(struct st_session *s, enum st_kind kind, const char
     bool ehlo_ok = kind == ST_KIND_CAPA && bare >= 3 && memcmp(line, "250", 3) == 0;
     if (!ehlo_ok)
         return sink->to_client(sink->ctx, line, len);
+    if (s->after_tls)
+        return smtp_after_tls_line(s, line, len, bare, final, sink);
     const char *word;
     size_t wlen;
     if (bare > 4 && s->response_lines > 0) {

@@ -135,12 +135,95 @@ void greeting_backend_input(struct conn *c)
         return;
     }
     b->off += (uint32_t)n;
-    if (buf_unread(b)) {
-        /* Whatever the backend sent after its greeting is the session's, not ours. */
-        if (conn_send_client(c, b->data + b->off, buf_unread(b)) < 0)
-            return;
-        c->bytes_down += buf_unread(b);
-        b->off = b->len;
+    /* The relay still edits capabilities (STARTTLS must not be offered again) until the
+     * client goes blind. */
+    c->st = st_new_after_tls(c->listener->conf->proto);
+    if (!c->st) {
+        conn_close(c, OUT_NOMEM);
+        return;
     }
     relay_start(c);
+    /* Whatever the backend sent after its greeting is the session's, not ours. */
+    if (c->state == CONN_RELAY && c->st && c->bin && buf_unread(c->bin))
+        starttls_backend_input(c);
+}
+
+/* After STARTTLS: the client went blind (logged in, or a command the engine does not know):
+ * everything held is sent on and the relay carries bytes unchanged from here. */
+static void after_tls_blind(struct conn *c, struct buf *b)
+{
+    struct st_sink sink = { c, to_client, to_backend };
+    if (st_flush(c->st, &sink) < 0)
+        goto out;
+    if (c->bin && buf_unread(c->bin)) {
+        if (conn_send_client(c, c->bin->data + c->bin->off, buf_unread(c->bin)) < 0)
+            goto out;
+        c->bytes_down += buf_unread(c->bin);
+        c->bin->off = c->bin->len;
+    }
+    st_free(c->st);
+    c->st = NULL;
+    if (conn_flush_backend(c) < 0)
+        goto out;
+    struct buf *rest = c->pin;
+    c->pin = NULL;
+    if (rest && buf_unread(rest))
+        relay_client_plaintext(c, rest);
+    else
+        buf_put(rest);
+    if (c->state == CONN_RELAY && buf_unread(b)) {
+        relay_client_plaintext(c, b);
+        return;
+    }
+out:
+    buf_put(b);
+}
+
+void starttls_after_tls_client_input(struct conn *c, struct buf *b)
+{
+    if (c->state != CONN_RELAY) {
+        buf_put(b);
+        return;
+    }
+    struct st_sink sink = { c, to_client, to_backend };
+    while (buf_unread(b)) {
+        if (!c->pin && !(c->pin = buf_get())) {
+            buf_put(b);
+            conn_close(c, OUT_NOMEM);
+            return;
+        }
+        struct buf *p = c->pin;
+        if (p->off) {
+            memmove(p->data, p->data + p->off, buf_unread(p));
+            p->len -= p->off;
+            p->off = 0;
+        }
+        uint32_t n = buf_unread(b) < buf_room(p) ? buf_unread(b) : buf_room(p);
+        memcpy(p->data + p->len, b->data + b->off, n);
+        p->len += n;
+        b->off += n;
+        size_t used = 0;
+        enum st_event ev = st_client_input(c->st, p->data + p->off, buf_unread(p), &used, &sink);
+        p->off += (uint32_t)used;
+        c->bytes_up += used;
+        if (conn_flush_backend(c) < 0 || conn_flush_client(c) < 0) {
+            buf_put(b);
+            return;
+        }
+        if (ev == ST_CLOSE) {
+            buf_put(b);
+            snprintf(c->error, sizeof c->error, "client line too long or too many commands");
+            conn_fail_with_reply(c, OUT_PROTOCOL, NULL);
+            return;
+        }
+        if (ev == ST_BLIND) {
+            after_tls_blind(c, b);
+            return;
+        }
+    }
+    buf_put(b);
+    if (c->pin && !buf_unread(c->pin)) {
+        buf_put(c->pin);
+        c->pin = NULL;
+    }
 }

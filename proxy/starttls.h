@@ -37,6 +37,13 @@ enum st_event {
 };
 
 struct st_session *st_new(enum conf_proto proto, bool required);
+/* After STARTTLS, for the fresh backend session (its greeting already swallowed): the same
+ * dialogue, but STARTTLS/STLS is now removed from the capabilities the backend advertises and
+ * a second STARTTLS is refused, until the client goes blind (logs in). */
+struct st_session *st_new_after_tls(enum conf_proto proto);
+/* Sends what the engine holds back (an SMTP EHLO line waiting to learn whether it is the last
+ * one); call before st_free() when the session goes blind. */
+int st_flush(struct st_session *s, const struct st_sink *sink);
 void st_free(struct st_session *s);
 
 /* Handles the complete lines at the start of DATA. *CONSUMED is set to the bytes used; what is

@@ -64,11 +64,14 @@ struct step {
     const char *data;
 };
 
+/* Set by the after-TLS cases: the session is the one made for the fresh backend after STARTTLS. */
+static bool after_tls;
+
 static enum st_event run(enum conf_proto proto, bool required, const struct step *steps, size_t n,
                          size_t split, struct out *o, size_t *left)
 {
     memset(o, 0, sizeof *o);
-    struct st_session *s = st_new(proto, required);
+    struct st_session *s = after_tls ? st_new_after_tls(proto) : st_new(proto, required);
     static struct side cs, bs;
     cs.len = bs.len = 0;
     enum st_event ev = ST_MORE;
@@ -255,6 +258,40 @@ static void smtp(void)
            "220 mx\r\n501 5.5.4 Syntax error (no parameters allowed)\r\n", "", ST_MORE, 0);
 }
 
+/* After STARTTLS the fresh backend session must not offer STARTTLS again, and a second
+ * STARTTLS is refused by the proxy, never forwarded. */
+static void after_starttls(void)
+{
+    after_tls = true;
+    const struct step imap[] = {
+        { true, "a CAPABILITY\r\n" },
+        { false, "* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\na OK [CAPABILITY IMAP4rev1 STARTTLS] done\r\n" },
+        { true, "b STARTTLS\r\n" },
+    };
+    expect(CONF_PROTO_IMAP, false, imap, N(imap),
+           "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\na OK [CAPABILITY IMAP4rev1] done\r\n"
+           "b BAD TLS is already active\r\n",
+           "a CAPABILITY\r\n", ST_MORE, 0);
+    const struct step pop3[] = {
+        { true, "CAPA\r\n" }, { false, "+OK\r\nUSER\r\nSTLS\r\n.\r\n" }, { true, "STLS\r\n" },
+    };
+    expect(CONF_PROTO_POP3, false, pop3, N(pop3),
+           "+OK\r\nUSER\r\n.\r\n-ERR TLS is already active\r\n", "CAPA\r\n", ST_MORE, 0);
+    const struct step smtp_last[] = {
+        { true, "EHLO c\r\n" }, { false, "250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n" },
+    };
+    expect(CONF_PROTO_SMTP, false, smtp_last, N(smtp_last), "250-mx\r\n250 PIPELINING\r\n",
+           "EHLO c\r\n", ST_MORE, 0);
+    const struct step smtp_mid[] = {
+        { true, "EHLO c\r\n" }, { false, "250-mx\r\n250-STARTTLS\r\n250 8BITMIME\r\n" },
+        { true, "STARTTLS\r\n" },
+    };
+    expect(CONF_PROTO_SMTP, false, smtp_mid, N(smtp_mid),
+           "250-mx\r\n250 8BITMIME\r\n554 5.5.1 Error: TLS already active\r\n", "EHLO c\r\n",
+           ST_MORE, 0);
+    after_tls = false;
+}
+
 static void greeting(void)
 {
     const char *smtp_multi = "220-a\r\n220 b\r\nrest";
@@ -279,6 +316,7 @@ int main(void)
     imap();
     pop3();
     smtp();
+    after_starttls();
     greeting();
     return check_report("test_starttls");
 }
