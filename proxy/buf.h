@@ -1,7 +1,9 @@
 /* buf: fixed-size I/O buffers from a per-thread free list.
  *
- * One buffer holds one full TLS record (16 KB of plaintext plus overhead), so a read from the
- * backend becomes exactly one record and a read from the client never splits OpenSSL's work.
+ * A read takes up to 64 KB, and one buffer holds the four full TLS records (16 KB of plaintext
+ * plus 22 bytes each) that 64 KB of plaintext becomes: on bulk transfers each direction costs one
+ * read and one write system call per 64 KB, which is where a TLS proxy's time goes on loopback
+ * (measured: 70 % of it in the kernel with 16 KB buffers). Small writes stay small records.
  * Connections hold buffers only while bytes are in flight: an idle connection holds none.
  * Ownership: whoever called buf_get() until it hands the buffer to buf_send() (then the write
  * request owns it until its callback) or calls buf_put(). */
@@ -11,8 +13,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define BUF_CAP (16 * 1024 + 512)
-#define BUF_READ_SIZE (16 * 1024)
+#define BUF_READ_SIZE (64 * 1024)
+#define BUF_CAP (BUF_READ_SIZE + 2048)
 
 struct buf {
     uv_write_t req;         /* used while the buffer is being written by libuv */

@@ -168,7 +168,7 @@ static void alloc_into(struct buf **slot, uv_buf_t *out)
     }
     uint32_t room = buf_room(b);
     if (b->len == 0 && room > BUF_READ_SIZE)
-        room = BUF_READ_SIZE; /* one full TLS record, so a relayed read becomes one record */
+        room = BUF_READ_SIZE; /* whole records when it is encrypted: see buf.h */
     *out = uv_buf_init(b->data + b->len, room);
 }
 

@@ -21,6 +21,17 @@
 
 #define MAILSNID_VERSION "0.1.0"
 
+#ifdef MAILSNID_JEMALLOC
+/* jemalloc reads this at start (MALLOC_CONF in the environment still overrides it).
+ * background_thread: returning freed pages to the kernel happens on jemalloc's own thread, not
+ * inside a worker's malloc/free on the hot path. The decay times keep pages released after a
+ * burst (a reload of 100,000 certificates frees hundreds of megabytes) without giving back pages
+ * that the next second's handshakes would take again. Measured and left at the defaults:
+ * narenas, tcache_max and percpu arenas made no difference to RSS per idle connection (16.5 to
+ * 16.9 KB at 4,000 held), which OpenSSL's SSL object bounds — see bench/RESULTS.md. */
+const char *malloc_conf = "background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:5000";
+#endif
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: mailsnid -c FILE          run in the foreground\n"

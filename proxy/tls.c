@@ -243,7 +243,8 @@ static void handshake_step(struct conn *c)
     conn_fail_with_reply(c, OUT_HANDSHAKE_FAILED, NULL);
 }
 
-/* Decrypts what the client sent and hands it to the relay, until OpenSSL wants more bytes or
+/* Decrypts what the client sent and hands it to the relay, a buffer of up to 64 KB at a time
+ * (several records gathered into one write to the backend), until OpenSSL wants more bytes or
  * the backend has enough queued (then reading pauses and resumes from relay_writes_drained). */
 static void decrypt_step(struct conn *c)
 {
@@ -257,16 +258,24 @@ static void decrypt_step(struct conn *c)
             conn_close(c, OUT_NOMEM);
             return;
         }
-        int n = SSL_read(c->ssl, b->data, BUF_READ_SIZE);
-        if (n > 0) {
-            b->len = (uint32_t)n;
+        int n = 0, e = SSL_ERROR_NONE;
+        while (b->len < BUF_READ_SIZE) {
+            n = SSL_read(c->ssl, b->data + b->len, (int)(BUF_READ_SIZE - b->len));
+            if (n <= 0) {
+                e = SSL_get_error(c->ssl, n);
+                break;
+            }
+            b->len += (uint32_t)n;
+        }
+        if (b->len) {
             relay_client_plaintext(c, b);
             if (c->state == CONN_CLOSED)
                 return;
-            continue;
+        } else {
+            buf_put(b);
         }
-        buf_put(b);
-        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_NONE)
+            continue; /* the buffer filled up: there may be more */
         if (e == SSL_ERROR_WANT_READ)
             break;
         if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && c->client_eof)) {
@@ -280,8 +289,7 @@ static void decrypt_step(struct conn *c)
         conn_close(c, OUT_CLIENT_ERROR);
         return;
     }
-    if (conn_flush_client(c) < 0)
-        return;
+    conn_flush_client(c);
 }
 
 void tls_client_input(struct conn *c)
@@ -296,6 +304,8 @@ void tls_client_input(struct conn *c)
 
 int tls_encrypt(struct conn *c, const char *data, size_t len)
 {
+    /* OpenSSL cuts the data into records of at most 16 KB; they gather in c->cout and leave
+     * in one write. */
     while (len) {
         int chunk = len > BUF_READ_SIZE ? BUF_READ_SIZE : (int)len;
         int n = SSL_write(c->ssl, data, chunk);
