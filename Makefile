@@ -90,8 +90,12 @@ unit: $(UNIT_BIN)
 SAN_ENV := ASAN_OPTIONS=fast_unwind_on_malloc=0:detect_leaks=1 \
 	LSAN_OPTIONS=suppressions=$(abspath tests/fuzz/lsan.supp):print_suppressions=0
 
+# The TLS audit in `make test` runs testssl's reduced set (protocols, ciphers, vulnerabilities,
+# server defaults, headers); `make audit` runs the full one (tests/audit/SUMMARY.md).
+MAILSNID_AUDIT ?= quick
+
 integration: $(BUILD)/mailsnid $(BENCH_BIN)
-	$(if $(filter 1,$(SANITIZE)),$(SAN_ENV)) MAILSNID=$(abspath $(BUILD)/mailsnid) BENCHBIN=$(abspath $(BUILD)/bench) SANITIZE=$(SANITIZE) \
+	$(if $(filter 1,$(SANITIZE)),$(SAN_ENV)) MAILSNID_AUDIT=$(MAILSNID_AUDIT) MAILSNID=$(abspath $(BUILD)/mailsnid) BENCHBIN=$(abspath $(BUILD)/bench) SANITIZE=$(SANITIZE) \
 	  python3 -m unittest discover -s tests/integration -p 'test_*.py' -v
 
 clean:
@@ -127,6 +131,11 @@ fuzz:
 	    build-fuzz/corpus-$$t tests/fuzz/corpus/$$t 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==.*ERROR)|SUMMARY" ; \
 	  test $${PIPESTATUS[0]} -eq 0; done
 
+# ---- the full TLS audit with testssl (a few minutes).
+audit: all
+	@scripts/deps.sh audit
+	MAILSNID=$(abspath $(BUILD)/mailsnid) python3 tests/audit/run_testssl.py --markdown tests/audit/SUMMARY.md
+
 # ---- the demo: real Dovecot/Postfix behind mailsnid with demo certificates (see README).
 demo:
 	@scripts/demo.sh
@@ -136,4 +145,4 @@ bench: all
 	@scripts/deps.sh bench
 	bench/run
 
-.PHONY: demo
+.PHONY: demo audit soak
