@@ -8,6 +8,7 @@
 
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/notify.h"
 #include "proxy/tickets.h"
 #include "proxy/watch.h"
 
@@ -131,7 +132,9 @@ static void finish(uv_work_t *work, int status)
     if (r->again) {
         r->again = false;
         reload_request(srv, "queued request");
+        return;
     }
+    notify_ready(); /* reload over, whether it worked or not: the service is serving */
 }
 
 void reload_request(struct server *srv, const char *why)
@@ -145,6 +148,7 @@ void reload_request(struct server *srv, const char *why)
     }
     r->why = why;
     r->running = true;
+    notify_reloading();
     r->work.data = r;
     if (uv_queue_work(srv->loop, &r->work, build, finish) < 0) {
         r->running = false;

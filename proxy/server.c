@@ -15,6 +15,7 @@
 #include "proxy/listener.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/notify.h"
 #include "proxy/privs.h"
 #include "proxy/reload.h"
 #include "proxy/routes.h"
@@ -201,6 +202,7 @@ void server_begin_drain(struct server *srv)
     if (atomic_load(&srv->draining))
         return;
     atomic_store(&srv->draining, true);
+    notify_stopping();
     unsigned open = atomic_load(&srv->open_total);
     log_notice("draining: no new connections; %u open, waiting up to %u s", open,
                srv->conf->drain_timeout_s);
@@ -258,6 +260,7 @@ int server_run(struct server *srv)
     for (unsigned i = 0; i < srv->n_workers; i++)
         uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
     log_notice("mailsnid running: %zu listeners, %u workers", srv->n_listeners, srv->n_workers);
+    notify_ready();
 
     uv_run(srv->loop, UV_RUN_DEFAULT);
     for (unsigned i = 0; i < srv->n_workers; i++)

@@ -658,3 +658,28 @@ class Resumption(Base):
         r = subprocess.run([MAILSNID, "-t", "-c", cfg_path], capture_output=True, text=True)
         self.assertEqual(r.returncode, 1)
         self.assertIn(f"{path}:2: not a ticket key", r.stderr)
+
+
+class SystemdNotify(Base):
+    def test_ready_reloading_stopping(self):
+        sock_path = os.path.join(self.dir, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(sock_path)
+        sock.settimeout(10 * SLOW)
+        self.addCleanup(sock.close)
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port = free_port()
+        os.environ["NOTIFY_SOCKET"] = sock_path
+        try:
+            proc = MailsnidProcess(base_config(listener("tls", port, "imap", backend.addr)),
+                                   self.dir).start([port])
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+        self.assertIn(b"READY=1", sock.recv(512))
+        proc.signal(signal.SIGHUP)
+        self.assertIn(b"RELOADING=1", sock.recv(512))
+        self.assertIn(b"READY=1", sock.recv(512))
+        proc.signal(signal.SIGTERM)
+        self.assertIn(b"STOPPING=1", sock.recv(512))
+        proc.stop()
