@@ -8,6 +8,7 @@ Run under SANITIZE=1 too, where the same test also checks that no reload leaks.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -159,3 +160,42 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class FailedReloads(unittest.TestCase):
+    def test_unreadable_key_keeps_the_old_pair_and_is_counted(self):
+        d = tempfile.mkdtemp(prefix="f-", dir=TMP)
+        ca = certs.CA.load(PKI["ca_dir"])
+        leaf = ca.issue(["mail.epsilon.test"], out_dir=os.path.join(d, "eps"))
+        cert, key = os.path.join(d, "eps.pem"), os.path.join(d, "eps.key")
+        shutil.copy(leaf.fullchain, cert)
+        shutil.copy(leaf.key, key)
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        port, admin = free_port(), free_port()
+        cfg = f"""
+admin = "127.0.0.1:{admin}";
+tls = {{ default_cert = "{PKI['default_cert']}"; default_key = "{PKI['default_key']}"; }};
+certificates = (
+  {{ cert = "{cert}";
+     key = "{key}"; }}
+);
+listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{port}"; protocol = "imap";
+                tls = "implicit"; backend = "{backend.addr}"; }} );
+"""
+        proc = MailsnidProcess(cfg, d).start([port])
+        self.addCleanup(proc.stop)
+        want = certs.cert_fingerprint(cert)
+        self.assertEqual(served(port, "mail.epsilon.test"), want)
+        # The key disappears (a half-finished deploy): the next reload fails, names the config
+        # line of the pair, and the pair already loaded keeps serving.
+        os.unlink(key)
+        os.symlink(os.path.join(d, "nowhere.key"), key)
+        proc.signal(signal.SIGHUP)
+        line = next(i + 1 for i, l in enumerate(cfg.splitlines()) if "{ cert = " in l)
+        proc.wait_log(rf"{re.escape(proc.config)}:{line}: .*(cannot read|No such file)")
+        proc.wait_log(r"reload \(.*\) failed")
+        self.assertEqual(served(port, "mail.epsilon.test"), want)
+        import urllib.request
+        body = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+        self.assertRegex(body, r'mailsnid_reloads_total\{result="failed"\} [1-9]')
