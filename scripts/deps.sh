@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build_pkgs="gcc make pkg-config libssl-dev libuv1-dev libconfig-dev libjemalloc-dev openssl"
-test_pkgs="$build_pkgs curl python3 swaks libnet-ssleay-perl testssl.sh procps iproute2 dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix valgrind clang-14 libclang-rt-14-dev"
+test_pkgs="$build_pkgs curl python3 swaks libnet-ssleay-perl testssl.sh procps iproute2 dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix valgrind clang-14 libclang-rt-14-dev hitch haproxy stunnel4 util-linux"
 bench_pkgs="$test_pkgs hitch haproxy stunnel4 util-linux"
 fuzz_pkgs="$build_pkgs clang-14 libclang-rt-14-dev"
 audit_pkgs="$test_pkgs testssl.sh"
