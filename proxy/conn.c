@@ -414,32 +414,30 @@ static int append(struct buf **slot, const char *data, size_t len,
     return 0;
 }
 
-int conn_flush_client(struct conn *c)
+/* Submits what is gathered in *SLOT to STREAM; a failure ends the connection with OUTCOME. */
+static int flush_slot(struct conn *c, struct buf **slot, uv_tcp_t *stream, const char *side,
+                      enum conn_outcome outcome)
 {
-    struct buf *b = c->cout;
+    struct buf *b = *slot;
     if (!b)
         return 0;
-    c->cout = NULL;
-    int r = conn_send_buf(c, (uv_stream_t *)&c->client, b);
+    *slot = NULL;
+    int r = conn_send_buf(c, (uv_stream_t *)stream, b);
     if (r < 0) {
-        snprintf(c->error, sizeof c->error, "client write: %s", uv_strerror(r));
-        conn_close(c, OUT_CLIENT_ERROR);
+        snprintf(c->error, sizeof c->error, "%s write: %s", side, uv_strerror(r));
+        conn_close(c, outcome);
     }
     return r;
 }
 
+int conn_flush_client(struct conn *c)
+{
+    return flush_slot(c, &c->cout, &c->client, "client", OUT_CLIENT_ERROR);
+}
+
 int conn_flush_backend(struct conn *c)
 {
-    struct buf *b = c->bout;
-    if (!b)
-        return 0;
-    c->bout = NULL;
-    int r = conn_send_buf(c, (uv_stream_t *)&c->backend, b);
-    if (r < 0) {
-        snprintf(c->error, sizeof c->error, "backend write: %s", uv_strerror(r));
-        conn_close(c, OUT_BACKEND_ERROR);
-    }
-    return r;
+    return flush_slot(c, &c->bout, &c->backend, "backend", OUT_BACKEND_ERROR);
 }
 
 int conn_send_client(struct conn *c, const char *data, size_t len)
