@@ -77,8 +77,8 @@ static void conn_free(struct conn *c)
 {
     struct worker *w = c->worker;
     free(c);
-    if (w->draining && w->n_conns == 0)
-        uv_async_send(&w->wakeup);
+    if (w->draining && w->n_conns == 0 && !w->gone)
+        uv_async_send(&w->wakeup); /* same thread: the wakeup handler closes the loop */
 }
 
 bool conn_release_handle(struct conn *c)

@@ -34,6 +34,7 @@ static unsigned worker_count(const struct conf *conf)
 int server_init(struct server *srv, struct conf *conf, struct cs_store *store)
 {
     memset(srv, 0, sizeof *srv);
+    uv_mutex_init(&srv->wake_lock);
     srv->conf = conf;
     srv->certs = cs_current_new(store);
     srv->routes = routes_new(conf);
@@ -90,6 +91,16 @@ static void close_walk(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
+/* Closes every handle of the worker's loop, its wakeup included: marked gone first, under the
+ * lock the control thread holds while sending, so no uv_async_send can hit a closed handle. */
+static void worker_close_all(struct worker *w)
+{
+    uv_mutex_lock(&w->server->wake_lock);
+    w->gone = true;
+    uv_mutex_unlock(&w->server->wake_lock);
+    uv_walk(&w->loop, close_walk, NULL);
+}
+
 static void worker_stop_listening(struct worker *w)
 {
     for (size_t i = 0; i < w->n_listeners; i++)
@@ -112,20 +123,24 @@ static void on_worker_wakeup(uv_async_t *a)
         worker_stop_listening(w);
     }
     if ((w->draining || w->stopping) && w->n_conns == 0)
-        uv_walk(&w->loop, close_walk, NULL);
+        worker_close_all(w);
 }
 
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
     uv_run(&w->loop, UV_RUN_DEFAULT);
-    uv_walk(&w->loop, close_walk, NULL);
+    worker_close_all(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&w->loop) != 0)
         log_err("worker %u: loop closed with handles still open", w->index);
     buf_pool_drain();
+    /* Under the lock: the control thread closes worker_exited once it sees the count at zero,
+     * so the last send must happen before it can look. */
+    uv_mutex_lock(&w->server->wake_lock);
     atomic_fetch_sub(&w->server->workers_running, 1);
     uv_async_send(&w->server->worker_exited);
+    uv_mutex_unlock(&w->server->wake_lock);
 }
 
 static int worker_init(struct server *srv, unsigned index)
@@ -154,8 +169,11 @@ static int worker_init(struct server *srv, unsigned index)
 
 static void wake_workers(struct server *srv)
 {
+    uv_mutex_lock(&srv->wake_lock);
     for (unsigned i = 0; i < srv->n_workers; i++)
-        uv_async_send(&srv->workers[i].wakeup);
+        if (!srv->workers[i].gone)
+            uv_async_send(&srv->workers[i].wakeup);
+    uv_mutex_unlock(&srv->wake_lock);
 }
 
 /* ---- control loop ---- */
@@ -180,7 +198,10 @@ static void stop_control(struct server *srv)
 static void on_worker_exited(uv_async_t *a)
 {
     struct server *srv = a->data;
-    if (atomic_load(&srv->workers_running) == 0)
+    uv_mutex_lock(&srv->wake_lock);
+    bool all_gone = atomic_load(&srv->workers_running) == 0;
+    uv_mutex_unlock(&srv->wake_lock);
+    if (all_gone)
         stop_control(srv);
 }
 
@@ -290,5 +311,6 @@ void server_free(struct server *srv)
     climit_shutdown();
     if (srv->certs)
         cs_current_free(srv->certs);
+    uv_mutex_destroy(&srv->wake_lock);
     memset(srv, 0, sizeof *srv);
 }

@@ -38,6 +38,7 @@ struct worker {
     struct conn *conns;               /* every open connection, for drain and forced close */
     unsigned n_conns;
     bool draining, stopping;
+    bool gone;                        /* wakeup closed: the control thread must not send to it */
 };
 
 struct server {
@@ -54,6 +55,7 @@ struct server {
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     atomic_uint workers_running;
+    uv_mutex_t wake_lock;              /* orders wake_workers() against a worker closing its wakeup */
     uv_async_t worker_exited;
     atomic_bool draining;              /* stop accepting, health checks fail */
     atomic_bool stopping;              /* close everything now */
