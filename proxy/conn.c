@@ -230,10 +230,10 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     if (nread > 0) {
         c->cin->len += (uint32_t)nread;
         c->last_active_ms = conn_now_ms(c);
-        if (c->state == CONN_FLUSHING || c->state == CONN_CONNECTING)
-            c->cin->off = c->cin->len; /* nothing more is wanted from this client */
+        if (c->state == CONN_FLUSHING)
+            c->cin->off = c->cin->len; /* a final reply is on its way: input is not wanted */
         else
-            dispatch_client_input(c);
+            dispatch_client_input(c); /* other states keep what they cannot use yet in c->cin */
     } else if (nread == UV_EOF) {
         c->client_eof = true;
         conn_client_read_stop(c);
