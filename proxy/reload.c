@@ -89,8 +89,6 @@ static void finish(uv_work_t *work, int status)
     struct server *srv = r->srv;
     r->running = false;
     if (status == 0 && !r->stopping) {
-        if (r->conf)
-            watch_refresh(srv, r->conf); /* domain folders may have come or gone */
         log_lines(CONF_LOG_WARNING, r->warnings);
         if (!r->store) {
             log_lines(CONF_LOG_ERR, r->errors);
@@ -113,6 +111,10 @@ static void finish(uv_work_t *work, int status)
             metrics_reload(true);
             r->store = NULL;
         }
+        /* After the swap, not before: walking 100,000 domain folders must not delay a
+         * renewal going live. Folders may have come or gone. */
+        if (r->conf)
+            watch_refresh(srv, r->conf);
     }
     if (r->store)
         cs_store_unref(r->store);

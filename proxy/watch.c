@@ -33,6 +33,7 @@ struct watched {
 struct watch {
     struct server *srv;
     uv_timer_t debounce;
+    size_t failed;                /* watches that could not be set up in the last refresh */
     struct watched *items;
     size_t n, cap;
 };
@@ -219,8 +220,9 @@ static void start_watch(struct watch *w, struct watched *item)
     uv_fs_event_init(w->srv->loop, item->handle);
     int r = uv_fs_event_start(item->handle, on_event, item->path, 0);
     if (r < 0) {
-        log_warning("cannot watch %s for changes: %s (SIGHUP still reloads)", item->path,
-                    uv_strerror(r));
+        if (w->failed++ == 0)
+            log_warning("cannot watch %s for changes: %s (SIGHUP still reloads; "
+                        "fs.inotify.max_user_watches may be too low)", item->path, uv_strerror(r));
         uv_close((uv_handle_t *)item->handle, on_handle_closed);
         item->handle = NULL;
     }
@@ -233,6 +235,7 @@ void watch_refresh(struct server *srv, const struct conf *conf)
         return;
     size_t n_next = 0;
     struct watched *next = collect(conf, &n_next);
+    w->failed = 0;
     if (!next)
         return;
     /* Merge two sorted lists: keep the handles of directories in both, close those that
@@ -244,6 +247,8 @@ void watch_refresh(struct server *srv, const struct conf *conf)
             next[j].handle = w->items[i].handle;
             w->items[i].handle = NULL;
             unwatch(&w->items[i++]);
+            if (!next[j].handle)
+                start_watch(w, &next[j]); /* it failed before (inotify limit?): try again */
             j++;
         } else if (c < 0) {
             unwatch(&w->items[i++]);
@@ -254,6 +259,9 @@ void watch_refresh(struct server *srv, const struct conf *conf)
     free(w->items);
     w->items = next;
     w->n = n_next;
+    if (w->failed > 1)
+        log_warning("%zu of %zu directories are not watched: changes there need a SIGHUP",
+                    w->failed, w->n);
     for (size_t k = 0; k < w->n; k++) {
         w->items[k].owner = w;
         if (w->items[k].handle)
