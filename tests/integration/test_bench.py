@@ -28,5 +28,16 @@ class BenchQuick(unittest.TestCase):
             self.assertRegex(cell, r"^[0-9,]+", row)
 
 
+    def test_scale_quick_run_produces_its_report(self):
+        r = subprocess.run([os.path.join(ROOT, "bench", "scale"), "--quick"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, MAILSNID=MAILSNID))
+        self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])
+        report = os.path.join(ROOT, "bench", "out", "scale-quick", "SCALE-quick.md")
+        with open(report) as f:
+            text = f.read()
+        self.assertRegex(text, r"start → serving.*\| 1,000 \|")
+
+
 if __name__ == "__main__":
     unittest.main()
