@@ -55,9 +55,9 @@ static void log_connection(struct conn *c)
     const struct cs_choice *choice = c->ssl ? cs_choice_of(c->ssl) : NULL;
     static const char *const kinds[] = { "none", "exact", "wildcard", "default" };
     bool tls_up = c->ssl && SSL_is_init_finished(c->ssl);
-    const char *backend = c->backend_connected || c->backend_index < c->n_backends
-                              ? c->backends[c->backend_index < c->n_backends ? c->backend_index : 0].text
-                              : "-";
+    /* The backend in use, or the last one tried; "-" when the session never got that far. */
+    size_t last = c->backend_index < c->n_backends ? c->backend_index : c->n_backends - 1;
+    const char *backend = c->n_backends ? c->backends[last].text : "-";
     log_info("conn listener=%s client=%s sni=%s cert=%s kind=%s tls=%s cipher=%s backend=%s "
              "up=%llu down=%llu%s%.0llu duration_ms=%llu outcome=%s%s%s%s",
              c->listener->conf->name, client,
@@ -66,7 +66,7 @@ static void log_connection(struct conn *c)
              choice ? kinds[choice->kind] : "-",
              tls_up ? SSL_get_version(c->ssl) : "-",
              tls_up ? SSL_get_cipher_name(c->ssl) : "-",
-             c->n_backends ? backend : "-",
+             backend,
              (unsigned long long)c->bytes_up, (unsigned long long)c->bytes_down,
              c->discarded ? " discarded=" : "", (unsigned long long)c->discarded,
              (unsigned long long)(conn_now_ms(c) - c->start_ms), outcome_names[c->outcome],
@@ -598,7 +598,6 @@ void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_ha
     len = sizeof c->local;
     uv_tcp_getsockname(&c->client, (struct sockaddr *)&c->local, &len);
     uv_tcp_nodelay(&c->client, 1);
-    metrics_conn_opened(c);
 
     if (over_limit(w, l)) {
         c->limited = true;

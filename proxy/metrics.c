@@ -27,11 +27,6 @@ static pthread_mutex_t backend_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct { char addr[64]; unsigned long long errors; } backend_errors[MAX_BACKENDS];
 static size_t n_backend_errors;
 
-void metrics_conn_opened(const struct conn *c)
-{
-    (void)c;
-}
-
 void metrics_conn_closed(const struct conn *c)
 {
     atomic_fetch_add_explicit(&bytes_up, c->bytes_up, RELAXED);

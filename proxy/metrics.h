@@ -10,7 +10,6 @@ struct conn;
 struct conf_addr;
 struct server;
 
-void metrics_conn_opened(const struct conn *c);
 void metrics_conn_closed(const struct conn *c);
 void metrics_session_started(const struct conn *c);   /* backend connected, relay begins */
 void metrics_backend_error(const struct conf_addr *backend);

@@ -293,7 +293,8 @@ class BackendDown(Base):
                             break
                         data += chunk
             self.assertTrue(data.startswith(want[proto]), (proto, data))
-        proc.wait_log(r"outcome=backend_down", count=4)
+        lines = proc.wait_log(r"outcome=backend_down", count=4)
+        self.assertTrue(all(f"backend={dead} " in l for l in lines), lines)
 
     def test_second_backend_in_the_list_is_used(self):
         backend = EchoBackend()
