@@ -128,6 +128,7 @@ fuzz:
 	  echo "== fuzz_$$t for $(FUZZ_TIME) s"; mkdir -p build-fuzz/corpus-$$t; \
 	  ASAN_OPTIONS=fast_unwind_on_malloc=0 LSAN_OPTIONS=suppressions=$(abspath tests/fuzz/lsan.supp) \
 	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_TIME) -max_len=20000 -print_final_stats=1 \
+	    -artifact_prefix=build-fuzz/ \
 	    build-fuzz/corpus-$$t tests/fuzz/corpus/$$t 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==.*ERROR)|SUMMARY" ; \
 	  test $${PIPESTATUS[0]} -eq 0; done
 

@@ -5,9 +5,9 @@
 set -euo pipefail
 
 build_pkgs="gcc make pkg-config libssl-dev libuv1-dev libconfig-dev libjemalloc-dev openssl"
-test_pkgs="$build_pkgs curl python3 swaks libnet-ssleay-perl testssl.sh procps iproute2 dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix valgrind clang-14 libclang-rt-14-dev hitch haproxy stunnel4 util-linux"
+test_pkgs="$build_pkgs curl python3 swaks libnet-ssleay-perl testssl.sh procps iproute2 dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix valgrind clang-14 libclang-rt-14-dev llvm-14 man-db hitch haproxy stunnel4 util-linux"
 bench_pkgs="$test_pkgs hitch haproxy stunnel4 util-linux"
-fuzz_pkgs="$build_pkgs clang-14 libclang-rt-14-dev"
+fuzz_pkgs="$build_pkgs clang-14 libclang-rt-14-dev llvm-14"
 audit_pkgs="$test_pkgs testssl.sh"
 
 case "${1:-test}" in
@@ -33,6 +33,10 @@ sudo=""
 echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
 apt_opts=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 export DEBIAN_FRONTEND=noninteractive
+# A fresh machine may have no package lists at all: fetch them first instead of failing once.
+if ! compgen -G "/var/lib/apt/lists/*_Packages" > /dev/null; then
+  $sudo apt-get -o DPkg::Lock::Timeout=600 -q update
+fi
 if ! $sudo apt-get "${apt_opts[@]}" install "${missing[@]}"; then
   $sudo apt-get -o DPkg::Lock::Timeout=600 -q update
   $sudo apt-get "${apt_opts[@]}" install "${missing[@]}"
