@@ -137,6 +137,13 @@ audit: all
 	@scripts/deps.sh audit
 	MAILSNID=$(abspath $(BUILD)/mailsnid) python3 tests/audit/run_testssl.py --markdown tests/audit/SUMMARY.md
 
+# ---- soak: mixed traffic on every protocol, a reload every second, backends restarted now and
+# then; checks failures, fds and RSS at the end (tests/soak/soak.py). make test runs 30 s of it.
+SOAK_TIME ?= 600
+soak: all
+	@scripts/deps.sh test
+	MAILSNID=$(abspath $(BUILD)/mailsnid) python3 tests/soak/soak.py --duration $(SOAK_TIME)
+
 # ---- the demo: real Dovecot/Postfix behind mailsnid with demo certificates (see README).
 demo:
 	@scripts/demo.sh

@@ -271,7 +271,12 @@ static void on_backend_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     switch (c->state) {
     case CONN_PRE_TLS:
         if (nread == UV_EOF) {
-            conn_fail_with_reply(c, OUT_BACKEND_ERROR, NULL);
+            /* A backend that went away while the client waits for an answer (a restart, a
+             * crash) gets the client the protocol's "try later"; one that closed after its
+             * last word (LOGOUT, QUIT) needs nothing added. */
+            snprintf(c->error, sizeof c->error, "backend closed the session");
+            conn_fail_with_reply(c, OUT_BACKEND_ERROR,
+                                 st_awaiting_response(c->st) ? conn_unavailable_reply(c) : NULL);
             return;
         }
         starttls_backend_input(c);

@@ -69,6 +69,11 @@ const char *st_starttls_reply(const struct st_session *s)
     return s->reply;
 }
 
+bool st_awaiting_response(const struct st_session *s)
+{
+    return s->n_pending > 0;
+}
+
 bool st_is_blind(const struct st_session *s)
 {
     return s->blind;

@@ -60,6 +60,8 @@ bool st_starttls_asked(const struct st_session *s);
 bool st_starttls_ready(const struct st_session *s);
 /* The proxy's positive answer to STARTTLS (IMAP uses the command's tag). */
 const char *st_starttls_reply(const struct st_session *s);
+/* True while a command (or the greeting) still waits for the backend's response. */
+bool st_awaiting_response(const struct st_session *s);
 /* True when the client went blind: its commands are no longer inspected. */
 bool st_is_blind(const struct st_session *s);
 

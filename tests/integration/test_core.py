@@ -296,6 +296,39 @@ class BackendDown(Base):
         lines = proc.wait_log(r"outcome=backend_down", count=4)
         self.assertTrue(all(f"backend={dead} " in l for l in lines), lines)
 
+    def test_backend_dying_before_it_answers_a_starttls_client(self):
+        # A backend that greets, then dies on the first command (a restart mid-session): the
+        # client waiting for the answer hears "try later" in plaintext, not a bare close.
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        self.addCleanup(srv.close)
+
+        def serve():
+            c, _ = srv.accept()
+            c.sendall(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+            c.recv(100)
+            c.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        port = free_port()
+        cfg = base_config(
+            f'{{ name = "imap"; listen = "127.0.0.1:{port}"; protocol = "imap"; tls = "starttls"; '
+            f'backend = "127.0.0.1:{srv.getsockname()[1]}"; }}')
+        self.start(cfg, [port])
+        time.sleep(0.3)  # the readiness probe took the first backend connection; let it go
+        threading.Thread(target=serve, daemon=True).start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW) as s:
+            self.assertIn(b"STARTTLS", s.recv(200))
+            s.sendall(b"a1 CAPABILITY\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(200)
+                if not chunk:
+                    break
+                data += chunk
+        self.assertTrue(data.startswith(b"* BYE [UNAVAILABLE]"), data)
+
     def test_second_backend_in_the_list_is_used(self):
         backend = EchoBackend()
         self.addCleanup(backend.stop)
