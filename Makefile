@@ -142,7 +142,8 @@ audit: all
 SOAK_TIME ?= 600
 soak: all
 	@scripts/deps.sh test
-	MAILSNID=$(abspath $(BUILD)/mailsnid) python3 tests/soak/soak.py --duration $(SOAK_TIME)
+	$(if $(filter 1,$(SANITIZE)),$(SAN_ENV)) SANITIZE=$(SANITIZE) MAILSNID=$(abspath $(BUILD)/mailsnid) \
+	  python3 tests/soak/soak.py --duration $(SOAK_TIME) --strict-unavailable
 
 # ---- the demo: real Dovecot/Postfix behind mailsnid with demo certificates (see README).
 demo:

@@ -76,6 +76,15 @@ static void log_connection(struct conn *c)
 static void conn_free(struct conn *c)
 {
     struct worker *w = c->worker;
+    /* Released here, not in conn_close(): conn_close() can run from deep inside a sink or an
+     * OpenSSL call whose callers still hold c->bin, c->pin, c->st or c->ssl. */
+    SSL_free(c->ssl);
+    buf_put(c->cin);
+    buf_put(c->bin);
+    buf_put(c->cout);
+    buf_put(c->bout);
+    buf_put(c->pin);
+    st_free(c->st);
     free(c);
     if (w->draining && w->n_conns == 0 && !w->gone)
         uv_async_send(&w->wakeup); /* same thread: the wakeup handler closes the loop */
@@ -124,18 +133,6 @@ void conn_close(struct conn *c, enum conn_outcome outcome)
     if (c->climit_held)
         climit_release((struct sockaddr *)&c->peer);
 
-    if (c->ssl) {
-        SSL_free(c->ssl);
-        c->ssl = NULL;
-    }
-    buf_put(c->cin);
-    buf_put(c->bin);
-    buf_put(c->cout);
-    buf_put(c->bout);
-    buf_put(c->pin);
-    c->cin = c->bin = c->cout = c->bout = c->pin = NULL;
-    st_free(c->st);
-    c->st = NULL;
     close_handle(c, (uv_handle_t *)&c->timer);
     close_handle(c, (uv_handle_t *)&c->client);
     upstream_close(c);
@@ -251,6 +248,18 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
         drop_if_empty(&c->cin);
 }
 
+/* The backend ended before the client got a word of the session on the current layer: no
+ * greeting (mail), no status line (HTTP), or after STARTTLS not the fresh session's greeting.
+ * For the client that is a backend that did not answer — a daemon being stopped still completes
+ * connects from its listen queue and then resets them — so it hears the protocol's unavailable
+ * reply instead of a bare close. */
+static bool backend_never_answered(const struct conn *c)
+{
+    if (c->state == CONN_GREETING)
+        return true;
+    return (c->state == CONN_PRE_TLS || c->state == CONN_RELAY) && c->bytes_down == 0;
+}
+
 static void on_backend_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
 {
     (void)ub;
@@ -261,6 +270,12 @@ static void on_backend_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     }
     if (nread == 0) {
         drop_if_empty(&c->bin);
+        return;
+    }
+    if (nread < 0 && backend_never_answered(c)) {
+        snprintf(c->error, sizeof c->error, "backend %s before answering",
+                 nread == UV_EOF ? "closed" : uv_strerror((int)nread));
+        conn_fail_with_reply(c, OUT_BACKEND_DOWN, conn_unavailable_reply(c));
         return;
     }
     if (nread < 0 && nread != UV_EOF) {
@@ -349,11 +364,11 @@ static void on_write(uv_write_t *req, int status)
 {
     struct buf *b = (struct buf *)req;
     struct conn *c = b->owner;
+    bool to_client = req->handle == (uv_stream_t *)&c->client;
     buf_put(b);
     if (c->state == CONN_CLOSED)
         return; /* cancelled by the teardown */
     if (status < 0) {
-        bool to_client = req->handle == (uv_stream_t *)&c->client;
         snprintf(c->error, sizeof c->error, "%s write: %s", to_client ? "client" : "backend",
                  uv_strerror(status));
         conn_close(c, to_client ? OUT_CLIENT_ERROR : OUT_BACKEND_ERROR);
@@ -500,6 +515,10 @@ static void on_timer(uv_timer_t *t)
         return;
     case CONN_HANDSHAKE:
         conn_close(c, OUT_HANDSHAKE_TIMEOUT);
+        return;
+    case CONN_GREETING:
+        snprintf(c->error, sizeof c->error, "no greeting from the backend after STARTTLS");
+        conn_fail_with_reply(c, OUT_BACKEND_DOWN, conn_unavailable_reply(c));
         return;
     case CONN_FLUSHING:
         conn_close(c, c->outcome);

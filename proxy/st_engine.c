@@ -153,7 +153,8 @@ enum st_event st_client_input(struct st_session *s, const char *data, size_t len
         }
         const char *line = data + used;
         size_t bare = st_strip_eol(line, n);
-        if (++s->commands > ST_PRETLS_COMMANDS_MAX) {
+        /* The cap is for plaintext sessions; after TLS the backend polices its own. */
+        if (!s->after_tls && ++s->commands > ST_PRETLS_COMMANDS_MAX) {
             send_to_client(sink, s->ops->too_many_commands);
             ev = ST_CLOSE;
             break;

@@ -48,6 +48,8 @@ struct tickets *tickets_load(const char *path, char **err)
         return NULL;
     }
     struct tickets *t = calloc(1, sizeof *t);
+    if (t)
+        atomic_init(&t->refs, 1); /* so that tickets_free() on the error paths frees it */
     char line[512];
     int lineno = 0;
     while (t && fgets(line, sizeof line, f)) {
@@ -56,7 +58,8 @@ struct tickets *tickets_load(const char *path, char **err)
         line[len] = 0;
         if (len == 0 || line[0] == '#')
             continue;
-        unsigned char raw[TICKET_KEY_LEN + 4];
+        /* EVP_DecodeBlock writes 3 bytes per 4 characters: size for the longest line. */
+        unsigned char raw[(sizeof line / 4) * 3];
         int n = EVP_DecodeBlock(raw, (const unsigned char *)line, (int)len);
         /* EVP_DecodeBlock counts padding as output bytes: 80 bytes encode to 108 characters
          * with one '=' of padding, which it reports as 81. */
@@ -83,7 +86,6 @@ struct tickets *tickets_load(const char *path, char **err)
             *err = fmt_error(path, 0, "out of memory");
         return NULL;
     }
-    atomic_init(&t->refs, 1);
     return t;
 }
 

@@ -195,6 +195,7 @@ void tls_begin(struct conn *c)
 static void handshake_step(struct conn *c)
 {
     int r = SSL_do_handshake(c->ssl);
+    bool wrote = c->cout && buf_unread(c->cout); /* OpenSSL queued records (an alert, say) */
     if (conn_flush_client(c) < 0) {
         conn_close(c, OUT_CLIENT_ERROR);
         return;
@@ -225,7 +226,7 @@ static void handshake_step(struct conn *c)
     /* OpenSSL queues an alert for most failures; let it reach the client before closing. When
      * the bytes were not TLS at all it writes nothing, so answer in the client's terms: a
      * browser that spoke plain HTTP gets a readable 400, anything else a fatal TLS alert. */
-    if (!c->cout) {
+    if (!wrote) {
         static const char http_on_tls[] =
             "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 41\r\n"
             "Connection: close\r\n\r\nThis port speaks HTTPS, not plain HTTP.\r\n";

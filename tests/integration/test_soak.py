@@ -33,7 +33,7 @@ DURATION = 30
 
 class ShortSoak(unittest.TestCase):
     def test_soak_30s(self):
-        args = [sys.executable, SOAK, "--duration", str(DURATION), "--workers", "2",
+        args = [sys.executable, SOAK, "--duration", str(DURATION), "--workers", "2", "--strict-unavailable",
                 "--clients", "3" if SANITIZE else "6"]
         try:
             proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

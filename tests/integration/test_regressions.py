@@ -1,0 +1,193 @@
+"""Regressions found in review, each reproduced against the real binary. The first two were heap
+use-after-frees that only the SANITIZE=1 build shows (MailsnidProcess.stop() fails on any
+sanitizer report); the others are visible in any build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import struct
+import tempfile
+import threading
+import time
+import unittest
+
+from mailsnid_runner import SLOW, MailsnidProcess, free_port
+import certs
+
+TMP = ""
+PKI: dict[str, str] = {}
+
+
+def setUpModule():
+    global TMP
+    TMP = tempfile.mkdtemp(prefix="mailsnid-regr-")
+    PKI.update(certs.standard_pki(os.path.join(TMP, "pki")))
+
+
+def tearDownModule():
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def insecure() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def reset(s: ssl.SSLSocket) -> None:
+    """Ends the client's direction with a FIN (the proxy stops reading it), then resets the
+    connection, which the proxy only learns about when it next writes."""
+    raw = socket.socket(fileno=os.dup(s.fileno()))
+    raw.shutdown(socket.SHUT_WR)
+    time.sleep(0.3 * SLOW)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+    s.close()
+
+
+class Backend:
+    """A scripted backend: each accepted connection runs the next function of SCRIPT."""
+
+    def __init__(self, *script):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.script = list(script)
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        for step in self.script:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._guard, args=(step, c), daemon=True).start()
+
+    @staticmethod
+    def _guard(step, c):
+        try:
+            step(c)
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+def ignore(c):
+    c.recv(100)
+
+
+class Regressions(unittest.TestCase):
+    def start(self, listener: str, port: int) -> MailsnidProcess:
+        d = tempfile.mkdtemp(prefix="r-", dir=TMP)
+        cfg = f"""
+tls = {{ default_cert = "{PKI['default_cert']}"; default_key = "{PKI['default_key']}"; }};
+listeners = ( {listener} );
+"""
+        p = MailsnidProcess(cfg, d).start([port])
+        self.addCleanup(p.stop)
+        return p
+
+    def test_teardown_inside_the_starttls_engine(self):
+        def fresh(c):
+            c.sendall(b"* OK ready\r\n")
+            c.recv(100)
+            time.sleep(0.8 * SLOW)
+            c.sendall(b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN IDLE\r\na OK done\r\n")
+            time.sleep(2 * SLOW)
+
+        def greet(c):
+            c.sendall(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+            c.recv(100)
+
+        backend = Backend(ignore, greet, fresh)  # readiness probe, plaintext session, after TLS
+        self.addCleanup(backend.close)
+        port = free_port()
+        proc = self.start(f'{{ name = "imap"; listen = "127.0.0.1:{port}"; protocol = "imap"; '
+                          f'tls = "starttls"; backend = "{backend.addr}"; }}', port)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+        raw.recv(200)
+        raw.sendall(b"s STARTTLS\r\n")
+        raw.recv(200)
+        s = insecure().wrap_socket(raw, server_hostname="mail.alpha.test")
+        s.sendall(b"a CAPABILITY\r\n")
+        time.sleep(0.2 * SLOW)
+        reset(s)
+        # The backend's answer now fails to reach the client: the connection ends from inside
+        # the capability editing, which must not touch what the teardown released.
+        proc.wait_log(r"conn listener=imap .*outcome=client_error", timeout=10)
+
+    def test_failed_queued_write(self):
+        def flood(c):
+            c.recv(100)
+            c.sendall(b"A" * (16 << 20))
+
+        backend = Backend(flood)  # implicit TLS: the readiness probe never reaches a backend
+        self.addCleanup(backend.close)
+        port = free_port()
+        proc = self.start(f'{{ name = "imaps"; listen = "127.0.0.1:{port}"; protocol = "imap"; '
+                          f'tls = "implicit"; backend = "{backend.addr}"; }}', port)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s = insecure().wrap_socket(raw, server_hostname="mail.alpha.test")
+        s.sendall(b"x")
+        time.sleep(0.5 * SLOW)
+        reset(s)
+        proc.wait_log(r"conn listener=imaps .*outcome=client_error .*client write", timeout=10)
+
+    def test_backend_that_never_greets_after_starttls(self):
+        def greet(c):
+            c.sendall(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+            c.recv(100)
+
+        def silent(c):
+            time.sleep(20)
+
+        backend = Backend(ignore, greet, silent)
+        self.addCleanup(backend.close)
+        port = free_port()
+        self.start(f'{{ name = "imap"; listen = "127.0.0.1:{port}"; protocol = "imap"; '
+                   f'tls = "starttls"; backend = "{backend.addr}"; connect_timeout = 1; }}', port)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+        raw.recv(200)
+        raw.sendall(b"s STARTTLS\r\n")
+        raw.recv(200)
+        s = insecure().wrap_socket(raw, server_hostname="mail.alpha.test")
+        self.assertTrue(s.recv(200).startswith(b"* BYE [UNAVAILABLE]"))
+        s.close()
+
+    def test_one_alert_and_the_sni_logged_when_the_handshake_fails(self):
+        port = free_port()
+        proc = self.start(f'{{ name = "imaps"; listen = "127.0.0.1:{port}"; protocol = "imap"; '
+                          f'tls = "implicit"; backend = "127.0.0.1:1"; }}', port)
+        ctx = insecure()
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("AES128-SHA")  # no suite in common with mailsnid's defaults
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="mail.alpha.test")
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        with socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW) as raw:
+            raw.sendall(outgoing.read())
+            data = b""
+            while True:
+                chunk = raw.recv(100)
+                if not chunk:
+                    break
+                data += chunk
+        self.assertEqual(data[:1], b"\x15")
+        self.assertEqual(len(data), 7, data)  # exactly one alert record
+        line = proc.wait_log(r"outcome=handshake_failed")[-1]
+        self.assertIn("sni=mail.alpha.test", line)
+
+
+if __name__ == "__main__":
+    unittest.main()
