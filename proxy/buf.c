@@ -2,12 +2,13 @@
 
 #include <stdlib.h>
 
-/* Enough to cover the buffers in flight on a busy worker without holding memory after a burst.
- * Under AddressSanitizer the pool is off so that a use after buf_put() is caught. */
+/* Spare buffers a worker keeps: enough for the buffers a busy worker has in flight at once,
+ * and at most 64 x 66 KB (4 MB) held after a burst. Under AddressSanitizer the pool is off so
+ * that a use after buf_put() is caught. */
 #if defined(__SANITIZE_ADDRESS__)
 #define BUF_POOL_MAX 0
 #else
-#define BUF_POOL_MAX 256
+#define BUF_POOL_MAX 64
 #endif
 
 static _Thread_local struct buf *pool;
