@@ -367,7 +367,10 @@ class Stats:
                 answered: bool) -> str:
         t1 = time.monotonic()
         kind = classify(exc)
-        if kind == "cut" and not answered:
+        # The backend's own goodbye (Dovecot's "* BYE Shutting down" read inside imaplib's
+        # constructor, before the session counts as answered) is the server speaking.
+        spoke = re.search(r"\bBYE\b|shutting down|-ERR", f"{exc!s}", re.I)
+        if kind == "cut" and not answered and not spoke:
             kind = "silent"
         expected = (kind in ("unavailable", "cut") or (kind == "silent" and not self.strict)) \
             and self.in_outage(t0, t1)
