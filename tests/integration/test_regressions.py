@@ -86,7 +86,10 @@ def ignore(c):
 class Regressions(unittest.TestCase):
     def start(self, listener: str, port: int) -> MailsnidProcess:
         d = tempfile.mkdtemp(prefix="r-", dir=TMP)
+        # One worker: the scripted backends expect connections in order, and the readiness
+        # probe's must come first.
         cfg = f"""
+workers = 1;
 tls = {{ default_cert = "{PKI['default_cert']}"; default_key = "{PKI['default_key']}"; }};
 listeners = ( {listener} );
 """
