@@ -311,3 +311,24 @@ bool conf_addr_clash(const struct conf_addr *a, const struct conf_addr *b)
         return false;
     return conf_addr_is_any(a) || conf_addr_is_any(b) || memcmp(ba, bb, (size_t)na) == 0;
 }
+
+bool conf_addr_reaches(const struct conf_addr *backend, const struct conf_addr *listen)
+{
+    uint8_t bb[16], bl[16];
+    int nb, nl;
+
+    if (addr_port(backend) != addr_port(listen))
+        return false;
+    nb = ip_bytes((const struct sockaddr *)&backend->ss, bb);
+    nl = ip_bytes((const struct sockaddr *)&listen->ss, bl);
+    if (nb == nl && memcmp(bb, bl, (size_t)nb) == 0)
+        return true;
+    if (!conf_addr_is_any(listen))
+        return false;
+    /* A wildcard takes every local address; of those the config can only know loopback for
+     * sure. [::] is dual-stack (see conf_addr_clash), 0.0.0.0 IPv4 only. */
+    bool v4_loopback = nb == 4 && bb[0] == 127;
+    static const uint8_t v6_loopback[16] = { [15] = 1 };
+    bool v6_loop = nb == 16 && memcmp(bb, v6_loopback, 16) == 0;
+    return nl == 16 ? (v4_loopback || v6_loop) : v4_loopback;
+}

@@ -286,6 +286,9 @@ static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_set
     conf_parse_listeners(ctx, conf, root);
     parse_admin(ctx, conf, root);
     parse_routes(ctx, conf, root);
+    /* Loops are a property of a config that is otherwise whole. */
+    if (!ctx->n_msgs && !ctx->oom)
+        conf_check_backend_loops(ctx, conf, root);
 }
 
 int conf_load(const char *path, struct conf **out, char **errors)

@@ -83,6 +83,10 @@ extern const char *const conf_pp_names[];
 
 /* listener.c: the "listeners" list, with the checks between listeners. */
 void conf_parse_listeners(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root);
+/* After listeners and routes are read: refuses a backend that is one of mailsnid's own
+ * listening addresses (a connection loop). */
+void conf_check_backend_loops(struct conf_ctx *ctx, const struct conf *conf,
+                              const config_setting_t *root);
 
 /* addr.c */
 int conf_addr_parse(const char *text, struct conf_addr *addr, const char **why);
@@ -90,6 +94,13 @@ int conf_cidr_parse(const char *text, struct conf_cidr *cidr, const char **why);
 bool conf_addr_is_any(const struct conf_addr *addr);
 /* Would binding both A and B fail (or split traffic) on Linux with a dual-stack [::]? */
 bool conf_addr_clash(const struct conf_addr *a, const struct conf_addr *b);
+/* Would a connection to BACKEND arrive at a socket bound to LISTEN? (Same port, and the same
+ * address, or LISTEN a wildcard and BACKEND a loopback address.) */
+bool conf_addr_reaches(const struct conf_addr *backend, const struct conf_addr *listen);
+
+/* intlit.c: reports every integer literal in BUF (the text of FILE) that libconfig 1.5 would
+ * silently wrap to 32 bits. */
+void conf_check_int_literals(struct conf_ctx *ctx, const char *file, const char *buf, size_t len);
 
 /* hostname.c: lower-cases NAME in place and drops one trailing dot; NULL when it is a valid host
  * name (optionally "*." + host name), else the reason it is not. */

@@ -1,6 +1,7 @@
 /* conf/listener.c: the "listeners" list, each listener's keys and the checks between listeners
  * (unique names, addresses that can all be bound at once). */
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "conf/internal.h"
@@ -192,4 +193,103 @@ void conf_parse_listeners(struct conf_ctx *ctx, struct conf *conf, const config_
     conf->n_listeners = n;
     for (size_t i = 0; i < n; i++)
         parse_listener(ctx, conf, i, config_setting_get_elem(s, (unsigned)i));
+}
+
+/* ---- connection loops ----
+ * A backend may be another of mailsnid's own listeners (an implicit-TLS listener in front of a
+ * STARTTLS one, as in the example config), but never a chain that comes back: every connection
+ * would connect again until the process runs out of descriptors. Listeners are few, so the graph
+ * (listener -> listeners its backends and routes reach) is walked directly. */
+
+static long listener_at(const struct conf *conf, const struct conf_addr *a)
+{
+    for (size_t k = 0; a->len && k < conf->n_listeners; k++)
+        if (conf->listeners[k].listen.len && conf_addr_reaches(a, &conf->listeners[k].listen))
+            return (long)k;
+    return -1;
+}
+
+static bool reaches(const struct conf *conf, size_t from, size_t to, bool *seen);
+
+static bool any_reaches(const struct conf *conf, const struct conf_addr *addrs, size_t n, size_t to,
+                        bool *seen)
+{
+    for (size_t j = 0; addrs && j < n; j++) {
+        long k = listener_at(conf, &addrs[j]);
+        if (k >= 0 && reaches(conf, (size_t)k, to, seen))
+            return true;
+    }
+    return false;
+}
+
+/* Does a connection arriving at listener FROM end up at listener TO? */
+static bool reaches(const struct conf *conf, size_t from, size_t to, bool *seen)
+{
+    const struct conf_listener *l = &conf->listeners[from];
+
+    if (from == to)
+        return true;
+    if (seen[from])
+        return false;
+    seen[from] = true;
+    if (any_reaches(conf, l->backends, l->n_backends, to, seen))
+        return true;
+    for (size_t r = 0; r < conf->n_routes; r++)
+        if (any_reaches(conf, conf->routes[r].backends[l->proto], conf->routes[r].n_backends[l->proto],
+                        to, seen))
+            return true;
+    return false;
+}
+
+/* The backend setting S (one address or a list) holding N addresses, used by the listeners
+ * whose protocol is PROTO (a route), or by listener SELF only. */
+static void check_loops(struct conf_ctx *ctx, const struct conf *conf, const config_setting_t *s,
+                        const struct conf_addr *addrs, size_t n, long self, int proto)
+{
+    bool *seen = conf_calloc(ctx, conf->n_listeners ? conf->n_listeners : 1, sizeof *seen);
+
+    for (size_t j = 0; seen && s && addrs && j < n; j++) {
+        const config_setting_t *e = config_setting_type(s) == CONFIG_TYPE_STRING
+                                        ? s : config_setting_get_elem(s, (unsigned)j);
+        long k = listener_at(conf, &addrs[j]);
+        if (k < 0 || !e)
+            continue;
+        for (size_t i = 0; i < conf->n_listeners; i++) {
+            if (self >= 0 ? (long)i != self : (int)conf->listeners[i].proto != proto)
+                continue;
+            memset(seen, 0, conf->n_listeners * sizeof *seen);
+            if (!reaches(conf, (size_t)k, i, seen))
+                continue;
+            if ((long)i == k)
+                conf_error(ctx, e, "%s is the address of listener %s itself (line %d): "
+                           "connections would loop", addrs[j].text, conf->listeners[i].name,
+                           conf->listeners[i].line);
+            else
+                conf_error(ctx, e, "%s is listener %s (line %d), which leads back to listener %s: "
+                           "connections would loop", addrs[j].text, conf->listeners[k].name,
+                           conf->listeners[k].line, conf->listeners[i].name);
+            break;
+        }
+    }
+    free(seen);
+}
+
+void conf_check_backend_loops(struct conf_ctx *ctx, const struct conf *conf,
+                              const config_setting_t *root)
+{
+    const config_setting_t *ls = config_setting_get_member(root, "listeners");
+    const config_setting_t *rs = config_setting_get_member(root, "routes");
+
+    for (size_t i = 0; ls && i < conf->n_listeners; i++) {
+        const config_setting_t *g = config_setting_get_elem(ls, (unsigned)i);
+        if (g && config_setting_is_group(g) && conf->listeners[i].name)
+            check_loops(ctx, conf, config_setting_get_member(g, "backend"),
+                        conf->listeners[i].backends, conf->listeners[i].n_backends, (long)i, 0);
+    }
+    for (size_t r = 0; rs && r < conf->n_routes; r++) {
+        const config_setting_t *g = config_setting_get_elem(rs, (unsigned)r);
+        for (int p = 0; g && config_setting_is_group(g) && p < CONF_PROTO_COUNT; p++)
+            check_loops(ctx, conf, config_setting_get_member(g, conf_proto_names[p]),
+                        conf->routes[r].backends[p], conf->routes[r].n_backends[p], -1, p);
+    }
 }

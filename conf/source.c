@@ -233,6 +233,7 @@ static int scan_text(struct scan *sc, const char *file, const char *buf, size_t 
     char target[PATH_MAX], q[CONF_QUOTE_MAX];
     unsigned line = 1;
 
+    conf_check_int_literals(sc->ctx, file, buf, len);
     while (p < end) {
         const char *s = p, *after;
         bool bad_escape, too_long;

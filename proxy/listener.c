@@ -5,6 +5,7 @@
 #include "proxy/listener.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -15,7 +16,8 @@
 
 #define LISTEN_BACKLOG 1024
 
-int listener_bind(const struct conf_listener *l)
+/* A TCP socket for L's address, bound; with REUSEPORT every worker gets its own. */
+static int bound_socket(const struct conf_listener *l, bool reuseport)
 {
     int family = l->listen.ss.ss_family;
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -23,20 +25,39 @@ int listener_bind(const struct conf_listener *l)
         return -errno;
     int one = 1, zero = 0;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0))
         goto fail;
     /* "[::]:995" serves IPv4 too, as operators expect from a wildcard address; the config
      * refuses a second listener on the same port, so nothing else wants the IPv4 side. */
     if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0)
         goto fail;
-    if (bind(fd, (const struct sockaddr *)&l->listen.ss, l->listen.len) < 0 ||
-        listen(fd, LISTEN_BACKLOG) < 0)
+    if (bind(fd, (const struct sockaddr *)&l->listen.ss, l->listen.len) < 0)
         goto fail;
     return fd;
 fail:;
     int e = errno;
     close(fd);
     return -e;
+}
+
+int listener_check_free(const struct conf_listener *l)
+{
+    int fd = bound_socket(l, false);
+    if (fd < 0)
+        return fd;
+    close(fd);
+    return 0;
+}
+
+int listener_bind(const struct conf_listener *l)
+{
+    int fd = bound_socket(l, true);
+    if (fd >= 0 && listen(fd, LISTEN_BACKLOG) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
 }
 
 static void on_connection(uv_stream_t *server, int status)

@@ -69,6 +69,13 @@ int server_init(struct server *srv, struct conf *conf, struct cs_store *store)
             log_err("%s:%d: listener %s: %s", conf->path, l->line, l->name, err);
             return -EINVAL;
         }
+        int free_rc = listener_check_free(l);
+        if (free_rc == -EADDRINUSE) {
+            log_err("%s:%d: listener %s: cannot listen on %s: another process listens there "
+                    "(a second mailsnid? SIGUSR2 upgrades a running one)", conf->path, l->line,
+                    l->name, l->listen.text);
+            return free_rc;
+        }
         for (unsigned w = 0; w < srv->n_workers; w++) {
             int fd = listener_bind(l);
             if (fd < 0) {

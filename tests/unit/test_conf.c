@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "../../conf/conf.h"
+#include "../../conf/internal.h"
 #include "check.h"
 
 /* libconfig 1.5 leaks a string token inside its lexer when a parse fails after it (the
@@ -699,6 +700,113 @@ static void test_cidr_match(void)
     conf_free(c);
 }
 
+/* libconfig 1.5 wraps an integer without an L suffix to 32 bits and says nothing: each such
+ * literal is refused where it is written, and a written-out 64-bit value is range-checked. */
+static void test_integer_literals(void)
+{
+    struct conf *c = NULL;
+    char *err = NULL;
+
+#define WRAP(v, as) v " does not fit in 32 bits (libconfig would read it as " as "): " \
+        "write it with an L suffix if you mean it"
+    EXPECT_ERR(TLS_OK L_OK "drain_timeout = 4294967298;\n", "3: " WRAP("4294967298", "2"));
+    EXPECT_ERR(TLS_OK L_OK "max_connections = 4294967296;\n", "3: " WRAP("4294967296", "0"));
+    EXPECT_ERR(TLS_OK "listeners = ( { name = \"a\"; listen = \"0.0.0.0:993\"; protocol = \"imap\";\n"
+               "  backend = \"127.0.0.1:143\"; idle_timeout = 4294967298; } );\n",
+               "3: " WRAP("4294967298", "2"));
+    EXPECT_ERR(TLS_OK L_OK "workers = 2147483648;\n", "3: " WRAP("2147483648", "-2147483648"));
+    EXPECT_ERR(TLS_OK L_OK "workers = -2147483649;\n", "3: " WRAP("-2147483649", "2147483647"));
+    EXPECT_ERR(TLS_OK L_OK "workers = 0x100000002;\n", "3: " WRAP("0x100000002", "2"));
+    EXPECT_ERR(TLS_OK L_OK "workers = 0xFFFFFFFF;\n", "3: " WRAP("0xFFFFFFFF", "-1"));
+    EXPECT_ERR(TLS_OK L_OK "workers = 99999999999999999999999;\n",
+               "3: " WRAP("99999999999999999999999", "-1"));
+    EXPECT_ERR(TLS_OK L_OK "/* a comment\n  over lines */ x = [ 1,\n 2, 3000000000 ];\n",
+               "5: " WRAP("3000000000", "-1294967296"));
+    /* Spelt out as 64-bit, the value arrives intact and meets the setting's own range. */
+    EXPECT_ERR(TLS_OK L_OK "drain_timeout = 4294967298L;\n",
+               "3: drain_timeout: must be from 0 to 4294967, not 4294967298");
+    EXPECT_ERR(TLS_OK L_OK "max_connections = 4294967296L;\n",
+               "3: max_connections: must be from 0 to 4294967295, not 4294967296");
+    /* In an included file, the message names that file. */
+    write_file("nested.cfg", "max_connections = 1;\n\nmax_connections_per_client = 5000000000;\n");
+    CHECK(load(TLS_OK L_OK "@include \"nested.cfg\"\n", &c, &err) == -EINVAL);
+    CHECK(err && strstr(err, "nested.cfg:3: " WRAP("5000000000", "705032704") "\n"));
+    free(err);
+    err = NULL;
+#undef WRAP
+
+    /* Digits that are not integers: strings, comments, names, floats, in-range values. */
+    CHECK(load(TLS_OK L_OK "# 99999999999 in a comment\n// 99999999999\n/* 99999999999 */\n"
+               "user = \"u99999999999\";\ngroup = \"g\\\"99999999999\";\n"
+               "drain_timeout = 4294967L;\nmax_connections = 3000000000L;\n"
+               "max_connections_per_client = 0x7FFFFFFF;\nworkers = +2;\n", &c, &err) == 0);
+    CHECK(err == NULL);
+    CHECK(c && c->max_connections == 3000000000u && c->drain_timeout_s == 4294967u &&
+          c->max_connections_per_client == 0x7FFFFFFFu && c->workers == 2);
+    conf_free(c);
+    free(err);
+
+    struct conf_ctx ctx = { .path = "x.cfg" };
+    static const char ok[] = "x-99999999999 = 1.5e99999; y = .99999999999; z = 9999999999.5;\n"
+                             "w = [ -2147483648, 2147483647, 0x7fffffff, 1e10, 5., 7L, 99999999999999L ];\n"
+                             "v = \"multi\nline 99999999999\"; /* 99999999999\n */ u = 99999999999e0;";
+    conf_check_int_literals(&ctx, "x.cfg", ok, sizeof ok - 1);
+    CHECK(ctx.n_msgs == 0);
+    static const char bad[] = "a = \"x\ny\"; /*\n*/ b = 99999999999;";
+    conf_check_int_literals(&ctx, "x.cfg", bad, sizeof bad - 1);
+    char *msgs = conf_errors_take(&ctx);
+    CHECK_STR(msgs, "x.cfg:3: 99999999999 does not fit in 32 bits (libconfig would read it as "
+                    "1215752191): write it with an L suffix if you mean it\n");
+    free(msgs);
+    conf_errors_free(&ctx);
+}
+
+/* A backend that leads back to the listener it serves sends every connection in again. */
+static void test_backend_loops(void)
+{
+    struct conf *c = NULL;
+    char *err = NULL;
+
+#define SELF(addr, name, line) addr " is the address of listener " name " itself (line " line "): " \
+        "connections would loop"
+    EXPECT_ERR(TLS_OK "listeners = ( { name = \"a\"; listen = \"127.0.0.1:993\"; protocol = \"imap\";\n"
+               "  backend = \"127.0.0.1:993\"; } );\n",
+               "3: listeners[0].backend: " SELF("127.0.0.1:993", "a", "2"));
+    EXPECT_ERR(TLS_OK "listeners = ( { name = \"a\"; listen = \"0.0.0.0:143\"; protocol = \"imap\";\n"
+               "  tls = \"starttls\"; backend = [ \"10.0.0.9:143\",\n \"127.0.0.2:143\" ]; } );\n",
+               "4: listeners[0].backend[1]: " SELF("127.0.0.2:143", "a", "2"));
+    EXPECT_ERR(TLS_OK "listeners = ( { name = \"a\"; listen = \"[::]:993\"; protocol = \"imap\";\n"
+               "  backend = \"[::1]:993\"; } );\n",
+               "3: listeners[0].backend: " SELF("[::1]:993", "a", "2"));
+    EXPECT_ERR(TLS_OK "listeners = ( { name = \"a\"; listen = \"[::]:993\"; protocol = \"imap\";\n"
+               "  backend = \"127.0.0.1:993\"; } );\n",
+               "3: listeners[0].backend: " SELF("127.0.0.1:993", "a", "2"));
+    /* Through another listener, and back. */
+    EXPECT_ERR(TLS_OK "listeners = (\n"
+               "  { name = \"a\"; listen = \"0.0.0.0:993\"; protocol = \"imap\"; backend = \"127.0.0.1:143\"; },\n"
+               "  { name = \"b\"; listen = \"127.0.0.1:143\"; protocol = \"imap\"; backend = \"127.0.0.1:993\"; } );\n",
+               "3: listeners[0].backend: 127.0.0.1:143 is listener b (line 4), which leads back to "
+               "listener a: connections would loop\n%s:4: listeners[1].backend: 127.0.0.1:993 is "
+               "listener a (line 3), which leads back to listener b: connections would loop", cfg);
+    /* A route applies to every listener of its protocol. */
+    EXPECT_ERR(TLS_OK L_OK "routes = ( { names = [ \"mail.x.org\" ];\n  imap = \"127.0.0.1:993\"; } );\n",
+               "4: routes[0].imap: " SELF("127.0.0.1:993", "a", "2"));
+#undef SELF
+    /* A chain that ends (implicit TLS in front of a STARTTLS listener, as in the example config),
+     * the same port on another host, another loopback address than a specific listen address,
+     * and a route for another protocol are not loops. */
+    CHECK(load(TLS_OK "listeners = ( { name = \"a\"; listen = \"0.0.0.0:993\"; protocol = \"imap\";\n"
+               "  backend = \"127.0.0.1:143\"; },\n"
+               "  { name = \"b\"; listen = \"0.0.0.0:143\"; protocol = \"imap\"; tls = \"starttls\"; backend = \"127.0.0.1:1143\"; },\n"
+               "  { name = \"c\"; listen = \"0.0.0.0:110\"; protocol = \"pop3\"; backend = \"10.0.0.5:110\"; },\n"
+               "  { name = \"d\"; listen = \"127.0.0.1:995\"; protocol = \"pop3\"; backend = \"127.0.0.2:995\"; } );\n"
+               "routes = ( { names = [ \"mail.x.org\" ]; smtp = \"127.0.0.1:993\"; } );\n",
+               &c, &err) == 0);
+    CHECK(err == NULL);
+    conf_free(c);
+    free(err);
+}
+
 int main(void)
 {
     char tmpl[] = "/tmp/test_conf_XXXXXX";
@@ -728,6 +836,8 @@ int main(void)
     test_defaults();
     test_parse_addr();
     test_cidr_match();
+    test_integer_literals();
+    test_backend_loops();
 
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         char p[PATH_MAX + 64];
