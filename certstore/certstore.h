@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <time.h>
 #include <openssl/ssl.h>
@@ -37,6 +38,9 @@ enum cs_key_type { CS_KEY_ECDSA, CS_KEY_RSA, CS_KEY_OTHER, CS_KEY_TYPES };
  * only when ALLOW_WILDCARD. Writes the result, NUL-terminated, to OUT (CS_NAME_MAX + 1 bytes).
  * Returns its length, or -EINVAL. */
 int cs_name_normalize(const char *name, size_t len, bool allow_wildcard, char *out);
+/* The hash of a normalised name for the store's index, and for any other index of names that
+ * follows the same rules (proxy/routes.c). */
+uint64_t cs_name_hash(const char *name, size_t len);
 
 /* Builds a snapshot from CONF: the default pair, the explicit pairs and every pair found under
  * cert_dirs (certbot's live/NAME/{fullchain,privkey}.pem, symlinks followed). PREVIOUS (may be

@@ -112,7 +112,6 @@ int cs_index_build(struct cs_index *index, struct cs_index_input *in, size_t n);
 void cs_index_free(struct cs_index *index);
 const struct cs_index_entry *cs_index_find(const struct cs_index *index, const char *name,
                                            size_t len);
-uint64_t cs_name_hash(const char *name, size_t len);
 
 /* store.c builds it; index.c looks names up in it. */
 struct cs_store {

@@ -91,11 +91,30 @@ static int cmp_ref(const void *a, const void *b)
     return c ? c : (x->order > y->order) - (x->order < y->order);
 }
 
+/* Each name of REFS after the first of its kind is an error ("... is already VERB at line N");
+ * frees REFS. */
+static void report_duplicates(struct conf_ctx *ctx, struct name_refs *refs, const char *verb)
+{
+    char q[CONF_QUOTE_MAX];
+
+    if (refs->n > 1)
+        qsort(refs->v, refs->n, sizeof *refs->v, cmp_ref);
+    for (size_t i = 1, first = 0; i < refs->n; i++) {
+        if (strcmp(refs->v[first].name, refs->v[i].name) != 0)
+            first = i;
+        else
+            conf_error(ctx, refs->v[i].s, "%s is already %s at line %u",
+                       conf_quote(q, sizeof q, refs->v[i].name), verb, conf_line(refs->v[first].s));
+    }
+    free(refs->v);
+    refs->v = NULL;
+    refs->n = 0;
+}
+
 static void parse_routes(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root)
 {
     const config_setting_t *s = config_setting_get_member(root, "routes");
     struct name_refs refs = { 0 };
-    char q[CONF_QUOTE_MAX];
     size_t n;
 
     if (!s)
@@ -115,16 +134,32 @@ static void parse_routes(struct conf_ctx *ctx, struct conf *conf, const config_s
         parse_route(ctx, &conf->routes[i], config_setting_get_elem(s, (unsigned)i), &refs);
 
     /* One name, one route: two would make the backend depend on the order of the file. */
-    if (refs.n > 1)
-        qsort(refs.v, refs.n, sizeof *refs.v, cmp_ref);
-    for (size_t i = 1, first = 0; i < refs.n; i++) {
-        if (strcmp(refs.v[first].name, refs.v[i].name) != 0)
-            first = i;
+    report_duplicates(ctx, &refs, "routed");
+}
+
+/* The customer domains of a shared host (written by its control panel, often @included): a
+ * plain list of names that ACME and client setup act on. */
+static void parse_domains(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root)
+{
+    const config_setting_t *s = config_setting_get_member(root, "domains");
+    struct name_refs refs = { 0 };
+    char q[CONF_QUOTE_MAX];
+
+    /* An empty list is a host with no customers yet, not a mistake. */
+    if (!s || (config_setting_is_aggregate(s) && config_setting_length(s) == 0))
+        return;
+    conf_read_names(ctx, s, &conf->domains, &conf->n_domains);
+    for (size_t i = 0; conf->domains && i < conf->n_domains; i++) {
+        const char *d = conf->domains[i];
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        if (!d)
+            continue;
+        if (d[0] == '*')
+            conf_error(ctx, e, "%s: a domain, not a wildcard", conf_quote(q, sizeof q, d));
         else
-            conf_error(ctx, refs.v[i].s, "%s is already routed at line %u",
-                       conf_quote(q, sizeof q, refs.v[i].name), conf_line(refs.v[first].s));
+            add_ref(ctx, &refs, d, e);
     }
-    free(refs.v);
+    report_duplicates(ctx, &refs, "listed");
 }
 
 static const char *const cert_keys[] = { "cert", "key", "names", NULL };
@@ -261,7 +296,7 @@ static void parse_admin(struct conf_ctx *ctx, struct conf *conf, const config_se
 static const char *const top_keys[] = {
     "workers", "user", "group", "log", "admin", "drain_timeout", "max_connections",
     "max_connections_per_client", "tls",
-    "certificates", "cert_dirs", "listeners", "routes", NULL
+    "certificates", "cert_dirs", "listeners", "routes", "domains", NULL
 };
 
 static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root)
@@ -286,6 +321,7 @@ static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_set
     conf_parse_listeners(ctx, conf, root);
     parse_admin(ctx, conf, root);
     parse_routes(ctx, conf, root);
+    parse_domains(ctx, conf, root);
     /* Loops are a property of a config that is otherwise whole. */
     if (!ctx->n_msgs && !ctx->oom)
         conf_check_backend_loops(ctx, conf, root);
@@ -400,11 +436,17 @@ void conf_free(struct conf *conf)
         free(conf->listeners[i].trusted);
     }
     free(conf->listeners);
-    for (size_t i = 0; i < conf->n_routes; i++) {
-        free_strv(conf->routes[i].names, conf->routes[i].n_names);
-        for (int p = 0; p < CONF_PROTO_COUNT; p++)
-            free(conf->routes[i].backends[p]);
-    }
-    free(conf->routes);
+    conf_routes_free(conf->routes, conf->n_routes);
+    free_strv(conf->domains, conf->n_domains);
     free(conf);
+}
+
+void conf_routes_free(struct conf_route *routes, size_t n)
+{
+    for (size_t i = 0; routes && i < n; i++) {
+        free_strv(routes[i].names, routes[i].n_names);
+        for (int p = 0; p < CONF_PROTO_COUNT; p++)
+            free(routes[i].backends[p]);
+    }
+    free(routes);
 }

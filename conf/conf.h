@@ -96,8 +96,10 @@ struct conf {
     size_t n_cert_dirs;
     struct conf_listener *listeners;
     size_t n_listeners;
-    struct conf_route *routes;
+    struct conf_route *routes;            /* proxy/routes.c takes these out of the conf */
     size_t n_routes;
+    char **domains;                       /* customer domains: lower-cased, no trailing dot, unique */
+    size_t n_domains;
 };
 
 /* Reads and validates PATH. On success returns 0 and sets *out. On failure returns -EINVAL (or
@@ -105,6 +107,8 @@ struct conf {
  * or more "FILE:LINE: reason\n" lines (the caller frees it). Never exits, never prints. */
 int conf_load(const char *path, struct conf **out, char **errors);
 void conf_free(struct conf *conf);
+/* Frees N routes (what conf_free does for the routes a conf still holds). */
+void conf_routes_free(struct conf_route *routes, size_t n);
 
 /* Parses "host:port" / "[v6]:port" into ADDR. Returns 0 or -EINVAL. Used by conf and tests. */
 int conf_parse_addr(const char *text, struct conf_addr *addr);

@@ -17,9 +17,9 @@
 
 #include "conf/internal.h"
 
-/* Far beyond any real config, and small enough that a mistaken @include of a log file or a
- * sparse /proc file is refused instead of read. */
-#define MAX_FILE_SIZE (16u << 20)
+/* Far beyond any real config (100,000 routes with two names each are ~12 MB), and small enough
+ * that a mistaken @include of a log file or a sparse /proc file is refused instead of read. */
+#define MAX_FILE_SIZE (128u << 20)
 /* libconfig 1.5 stops at 10 nested files; scanning a little deeper costs nothing. */
 #define MAX_DEPTH 12
 

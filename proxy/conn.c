@@ -11,6 +11,7 @@
 #include "proxy/climit.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/routes.h"
 #include "proxy/tls.h"
 
 static const char *const outcome_names[] = {
@@ -85,6 +86,7 @@ static void conn_free(struct conn *c)
     buf_put(c->bout);
     buf_put(c->pin);
     st_free(c->st);
+    routes_unref(c->routes);
     free(c);
     if (w->draining && w->n_conns == 0 && !w->gone)
         uv_async_send(&w->wakeup); /* same thread: the wakeup handler closes the loop */

@@ -75,6 +75,7 @@ struct conn {
     /* Backend choice. */
     const struct conf_addr *backends;
     size_t n_backends, backend_index;
+    struct routes *routes;             /* the routes snapshot BACKENDS came from, if a route chose them */
     enum conf_pp proxy_protocol;
     unsigned connect_attempt_ms;
 

@@ -113,8 +113,8 @@ static int check_config(const char *path)
     struct cs_stats st;
     cs_store_stats(store, &st);
     printf("%s: OK: %zu listeners, %zu certificate pairs (%zu exact names, %zu wildcard names, "
-           "%zu skipped)\n", path, conf->n_listeners, st.pairs, st.exact_names, st.wildcard_names,
-           st.skipped);
+           "%zu skipped), %zu routes, %zu domains\n", path, conf->n_listeners, st.pairs,
+           st.exact_names, st.wildcard_names, st.skipped, conf->n_routes, conf->n_domains);
     cs_store_unref(store);
     conf_free(conf);
     return 0;

@@ -9,6 +9,7 @@
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/notify.h"
+#include "proxy/routes.h"
 #include "proxy/tickets.h"
 #include "proxy/watch.h"
 
@@ -21,6 +22,7 @@ struct reload {
     struct conf *conf;
     struct cs_store *store;
     struct tickets *tickets;
+    struct routes *routes;
     char *errors, *warnings;
     double seconds;
 };
@@ -67,6 +69,13 @@ static void build(uv_work_t *work)
         if (cs_store_build(r->conf, current, &r->store, &r->errors, &r->warnings) < 0)
             r->store = NULL;
         cs_store_unref(current);
+        /* Indexed here, off the control loop: 100,000 routes take a few tens of ms. */
+        if (r->store && !(r->routes = routes_new(r->conf))) {
+            cs_store_unref(r->store);
+            r->store = NULL;
+            free(r->errors);
+            r->errors = strdup("out of memory for the routes index\n");
+        }
     }
     r->seconds = now_seconds() - start;
 }
@@ -80,7 +89,8 @@ static void warn_fixed_settings(const struct conf *old, const struct conf *new)
         same = strcmp(old->listeners[i].name, new->listeners[i].name) == 0 &&
                strcmp(old->listeners[i].listen.text, new->listeners[i].listen.text) == 0;
     if (!same)
-        log_warning("reload: listener or worker changes take effect at the next restart");
+        log_warning("reload: listener or worker changes take effect at the next restart "
+                    "(routes, domains and certificates apply now)");
 }
 
 static void finish(uv_work_t *work, int status)
@@ -105,9 +115,14 @@ static void finish(uv_work_t *work, int status)
                 tickets_set_current(r->tickets);
                 r->tickets = NULL;
             }
-            log_notice("reload (%s): %zu pairs (+%zu added, %zu changed, -%zu removed, %zu skipped) "
-                       "in %.3f s", r->why, st.pairs, st.pairs_added, st.pairs_changed,
-                       st.pairs_removed, st.skipped, r->seconds);
+            /* New connections route by the new map; open ones keep the snapshot they hold. */
+            size_t n_routes = routes_count(r->routes);
+            routes_current_set(srv->routes, r->routes);
+            r->routes = NULL;
+            log_notice("reload (%s): %zu pairs (+%zu added, %zu changed, -%zu removed, %zu skipped), "
+                       "%zu routes, %zu domains in %.3f s", r->why, st.pairs, st.pairs_added,
+                       st.pairs_changed, st.pairs_removed, st.skipped, n_routes, r->conf->n_domains,
+                       r->seconds);
             metrics_reload(true);
             r->store = NULL;
         }
@@ -120,6 +135,8 @@ static void finish(uv_work_t *work, int status)
         cs_store_unref(r->store);
     tickets_free(r->tickets);
     r->tickets = NULL;
+    routes_unref(r->routes);
+    r->routes = NULL;
     conf_free(r->conf);
     free(r->errors);
     free(r->warnings);

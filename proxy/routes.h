@@ -1,4 +1,9 @@
-/* routes: per-SNI-name backend overrides (config `routes`), looked up after the handshake. */
+/* routes: per-SNI-name backend overrides (config `routes`), looked up after the handshake.
+ *
+ * A struct routes is an immutable, reference-counted snapshot: built off the event loops (at
+ * start, and by each reload), published through a struct routes_current, and held by every
+ * connection that took its backends from it, so that a reload never changes the backend of a
+ * session that is already open and never frees what such a session still points at. */
 #ifndef MAILSNID_ROUTES_H
 #define MAILSNID_ROUTES_H
 
@@ -7,14 +12,25 @@
 #include "conf/conf.h"
 
 struct routes;
+struct routes_current;
 
-/* Indexes CONF's routes (names are already normalised by conf). NULL on allocation failure. */
-struct routes *routes_new(const struct conf *conf);
-void routes_free(struct routes *routes);
+/* Indexes CONF's routes, taking them out of CONF (conf->routes becomes NULL): the snapshot then
+ * owns them and outlives the conf. Names are already normalised by conf. NULL on allocation
+ * failure (CONF keeps its routes then). */
+struct routes *routes_new(struct conf *conf);
+void routes_ref(struct routes *routes);
+void routes_unref(struct routes *routes);
+size_t routes_count(const struct routes *routes);
 
 /* The route for NAME (normalised SNI) that overrides PROTO: exact name first, then a one-label
- * wildcard. NULL when none. */
+ * wildcard; O(1) whatever the number of routes. NULL when none. */
 const struct conf_route *routes_lookup(const struct routes *routes, const char *name,
                                        enum conf_proto proto);
+
+/* The published snapshot: any thread reads, the control thread replaces. */
+struct routes_current *routes_current_new(struct routes *initial); /* takes the reference */
+void routes_current_free(struct routes_current *current);
+struct routes *routes_current_get(struct routes_current *current);  /* a new reference */
+void routes_current_set(struct routes_current *current, struct routes *routes); /* takes it */
 
 #endif

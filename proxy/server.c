@@ -37,7 +37,10 @@ int server_init(struct server *srv, struct conf *conf, struct cs_store *store)
     uv_mutex_init(&srv->wake_lock);
     srv->conf = conf;
     srv->certs = cs_current_new(store);
-    srv->routes = routes_new(conf);
+    struct routes *routes = routes_new(conf);
+    srv->routes = routes ? routes_current_new(routes) : NULL;
+    if (routes && !srv->routes)
+        routes_unref(routes);
     srv->n_listeners = conf->n_listeners;
     srv->listeners = calloc(conf->n_listeners, sizeof *srv->listeners);
     srv->n_workers = worker_count(conf);
@@ -313,7 +316,7 @@ void server_free(struct server *srv)
     for (size_t i = 0; srv->listeners && i < srv->n_listeners; i++)
         SSL_CTX_free(srv->listeners[i].ssl_ctx);
     free(srv->listeners);
-    routes_free(srv->routes);
+    routes_current_free(srv->routes);
     tickets_shutdown();
     climit_shutdown();
     if (srv->certs)

@@ -17,7 +17,7 @@
 #include "certstore/certstore.h"
 
 struct conn;
-struct routes;
+struct routes_current;
 
 /* One configured listener, shared by all workers. */
 struct listener_rt {
@@ -44,7 +44,7 @@ struct worker {
 struct server {
     struct conf *conf;
     struct cs_current *certs;
-    struct routes *routes;
+    struct routes_current *routes;     /* per-name backends, replaced by reloads */
     struct listener_rt *listeners;
     size_t n_listeners;
     struct worker *workers;

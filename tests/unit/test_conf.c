@@ -807,6 +807,40 @@ static void test_backend_loops(void)
     free(err);
 }
 
+/* The customer domains: normalised, unique, no wildcards; an empty list is a host with none. */
+static void test_domains(void)
+{
+    struct conf *c = NULL;
+    char *err = NULL;
+
+    CHECK(load(TLS_OK L_OK "domains = [ \"Alpha.Example.\", \"beta.example\" ];\n", &c, &err) == 0);
+    CHECK(c && c->n_domains == 2);
+    if (c && c->n_domains == 2) {
+        CHECK_STR(c->domains[0], "alpha.example");
+        CHECK_STR(c->domains[1], "beta.example");
+    }
+    conf_free(c);
+    c = NULL;
+    CHECK(load(TLS_OK L_OK "domains = [ ];\n", &c, &err) == 0);
+    CHECK(c && c->n_domains == 0);
+    conf_free(c);
+    c = NULL;
+    write_file("nested.cfg", "domains = [\n  \"a.example\",\n  \"b.example\"\n];\n");
+    CHECK(load(TLS_OK L_OK "@include \"nested.cfg\"\n", &c, &err) == 0);
+    CHECK(c && c->n_domains == 2);
+    conf_free(c);
+    c = NULL;
+    free(err);
+    EXPECT_ERR(TLS_OK L_OK "domains = [ \"a.example\",\n  \"b.example\",\n  \"A.example.\" ];\n",
+               "5: domains[2]: \"a.example\" is already listed at line 3");
+    EXPECT_ERR(TLS_OK L_OK "domains = [ \"*.example\" ];\n",
+               "3: domains[0]: \"*.example\": a domain, not a wildcard");
+    EXPECT_ERR(TLS_OK L_OK "domains = [ \"a..example\" ];\n",
+               "3: domains[0]: \"a..example\": empty label in host name");
+    EXPECT_ERR(TLS_OK L_OK "domains = \"a.example\";\n",
+               "3: domains: expected a list of host names");
+}
+
 int main(void)
 {
     char tmpl[] = "/tmp/test_conf_XXXXXX";
@@ -838,6 +872,7 @@ int main(void)
     test_cidr_match();
     test_integer_literals();
     test_backend_loops();
+    test_domains();
 
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         char p[PATH_MAX + 64];
