@@ -41,10 +41,11 @@ static int input_cmp(const void *a, const void *b)
         return x->pair->key_type < y->pair->key_type ? -1 : 1;
     if (x->pair->not_after != y->pair->not_after)
         return x->pair->not_after > y->pair->not_after ? -1 : 1;
-    /* Same name, type and expiry: any stable order will do, but equal pairs must end up next
-     * to each other so that duplicates (a name listed twice) collapse. */
-    if (x->pair != y->pair)
-        return (uintptr_t)x->pair < (uintptr_t)y->pair ? -1 : 1;
+    /* Same name, type and expiry: the pair loaded first wins. Not the pointers' order, which
+     * changes whenever a reload reads a file again; equal pairs (a name listed twice) share a
+     * rank, end up next to each other and collapse. */
+    if (x->rank != y->rank)
+        return x->rank < y->rank ? -1 : 1;
     return 0;
 }
 

@@ -85,8 +85,9 @@ int cs_pair_ex_index(void);
 const struct cs_pair *cs_pair_of_x509(const X509 *x509);
 
 /* index.c: a static hash index from names to a run of candidate pairs.
- * Each name's candidates are sorted by key type, then not-after (latest first), so the lookup
- * takes, for each key type, the first candidate that suits. */
+ * Each name's candidates are sorted by key type, then not-after (latest first), then rank (the
+ * pair's place in the configuration), so the lookup takes, for each key type, the first
+ * candidate that suits, and a tie goes to the same pair at every reload. */
 struct cs_index_entry {
     uint64_t hash;
     uint32_t name;                        /* offset into the index's name arena */
@@ -106,6 +107,7 @@ struct cs_index {
 struct cs_index_input {
     const char *name;                     /* normalised; for wildcards the suffix after "*." */
     uint32_t name_len;
+    uint32_t rank;                        /* the pair's load order: one rank per pair */
     struct cs_pair *pair;
 };
 int cs_index_build(struct cs_index *index, struct cs_index_input *in, size_t n);

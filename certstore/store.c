@@ -174,12 +174,21 @@ oom:
     return -ENOMEM;
 }
 
-static void name_add(struct build *b, const char *name, size_t len, struct cs_pair *pair)
+/* Adds NAME (normalised) for PAIR; returns whether it was taken. A wildcard with one label
+ * after the star ("*.com") would answer for every name under a top-level domain that no other
+ * certificate covers: no CA may issue one (CA/B Baseline Requirements 3.2.2.6), so it is a
+ * mistake or a forgery, and it is refused with a warning while the pair's other names load. */
+static bool name_add(struct build *b, const char *name, size_t len, struct cs_pair *pair)
 {
     bool wild = len > 2 && name[0] == '*';
     if (wild) {
         name += 2;
         len -= 2;
+        if (!memchr(name, '.', len)) {
+            cs_msg_add(&b->warnings, "%s: refused the wildcard \"*.%.*s\": it would cover a "
+                       "whole top-level domain\n", pair->paths, (int)len, name);
+            return false;
+        }
     }
     if (b->names_len + len > b->names_cap) {
         size_t cap = b->names_cap ? b->names_cap * 2 : 4096;
@@ -188,7 +197,7 @@ static void name_add(struct build *b, const char *name, size_t len, struct cs_pa
         char *n = realloc(b->names, cap);
         if (!n) {
             b->oom = true;
-            return;
+            return false;
         }
         b->names = n;
         b->names_cap = cap;
@@ -198,7 +207,7 @@ static void name_add(struct build *b, const char *name, size_t len, struct cs_pa
         struct name_ref *r = realloc(b->refs, cap * sizeof(*r));
         if (!r) {
             b->oom = true;
-            return;
+            return false;
         }
         b->refs = r;
         b->refs_cap = cap;
@@ -206,6 +215,7 @@ static void name_add(struct build *b, const char *name, size_t len, struct cs_pa
     memcpy(b->names + b->names_len, name, len);
     b->refs[b->n_refs++] = (struct name_ref){ b->names_len, (uint32_t)len, wild, pair };
     b->names_len += len;
+    return true;
 }
 
 struct cert_names {
@@ -217,8 +227,7 @@ struct cert_names {
 static void cert_name_cb(void *arg, const char *name, size_t len)
 {
     struct cert_names *cn = arg;
-    name_add(cn->b, name, len, cn->pair);
-    cn->n++;
+    cn->n += name_add(cn->b, name, len, cn->pair);
 }
 
 static size_t names_from_cert(struct build *b, struct cs_pair *p, const char *where)
@@ -368,7 +377,22 @@ static void store_free(struct cs_store *s)
     free(s);
 }
 
-static int index_names(struct build *b, struct cs_index *index, bool wild)
+/* A pair's rank is its place in load order: the default pair, then `certificates` in the
+ * configuration's order, then `cert_dirs` in order with each folder's subfolders by name. The
+ * indexes break ties on it, so the same pair is served at every reload. */
+struct ranked {
+    const struct cs_pair *pair;
+    uint32_t rank;
+};
+
+static int ranked_cmp(const void *a, const void *b)
+{
+    const struct ranked *x = a, *y = b;
+    return x->pair == y->pair ? 0 : (uintptr_t)x->pair < (uintptr_t)y->pair ? -1 : 1;
+}
+
+static int index_names(struct build *b, const struct ranked *ranks, size_t n_ranks,
+                       struct cs_index *index, bool wild)
 {
     size_t n = 0;
     for (size_t i = 0; i < b->n_refs; i++)
@@ -377,12 +401,33 @@ static int index_names(struct build *b, struct cs_index *index, bool wild)
     if (!in)
         return -ENOMEM;
     n = 0;
-    for (size_t i = 0; i < b->n_refs; i++)
-        if (b->refs[i].wild == wild)
-            in[n++] = (struct cs_index_input){ b->names + b->refs[i].off, b->refs[i].len,
-                                               b->refs[i].pair };
+    for (size_t i = 0; i < b->n_refs; i++) {
+        if (b->refs[i].wild != wild)
+            continue;
+        struct ranked key = { b->refs[i].pair, 0 };
+        const struct ranked *r = bsearch(&key, ranks, n_ranks, sizeof(*ranks), ranked_cmp);
+        in[n++] = (struct cs_index_input){ b->names + b->refs[i].off, b->refs[i].len,
+                                           r ? r->rank : UINT32_MAX, b->refs[i].pair };
+    }
     int rc = cs_index_build(index, in, n);
     free(in);
+    return rc;
+}
+
+static int index_all(struct build *b, struct cs_store *s)
+{
+    if (s->n_pairs >= UINT32_MAX)
+        return -E2BIG;
+    struct ranked *ranks = malloc((s->n_pairs ? s->n_pairs : 1) * sizeof(*ranks));
+    if (!ranks)
+        return -ENOMEM;
+    for (size_t i = 0; i < s->n_pairs; i++)
+        ranks[i] = (struct ranked){ s->pairs[i], (uint32_t)i };
+    qsort(ranks, s->n_pairs, sizeof(*ranks), ranked_cmp);
+    int rc = index_names(b, ranks, s->n_pairs, &s->exact, false);
+    if (rc == 0)
+        rc = index_names(b, ranks, s->n_pairs, &s->wild, true);
+    free(ranks);
     return rc;
 }
 
@@ -452,7 +497,7 @@ int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs
     time_t now = time(NULL);
     for (size_t i = 0; i < s->n_pairs; i++)
         warn_validity(&b, s->pairs[i], now);
-    if (index_names(&b, &s->exact, false) < 0 || index_names(&b, &s->wild, true) < 0)
+    if (index_all(&b, s) < 0)
         goto fail;
 
     b.stats.pairs = s->n_pairs;

@@ -11,6 +11,7 @@
 #include "proxy/conn.h"
 #include "proxy/log.h"
 #include "proxy/tickets.h"
+#include "proxy/tls_policy.h"
 
 static BIO_METHOD *bio_method;
 
@@ -93,22 +94,6 @@ void tls_global_free(void)
     bio_method = NULL;
 }
 
-/* HTTP backends speak HTTP/1.1 in plaintext, so that is the only protocol we can agree to.
- * Mail listeners select nothing: a client offering "imap" carries on without ALPN. */
-static int alpn_select_http(SSL *ssl, const unsigned char **out, unsigned char *outlen,
-                            const unsigned char *in, unsigned int inlen, void *arg)
-{
-    (void)ssl;
-    (void)arg;
-    static const unsigned char http11[] = "\x08http/1.1";
-    unsigned char *sel;
-    if (SSL_select_next_proto(&sel, outlen, http11, sizeof http11 - 1, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
-        return SSL_TLSEXT_ERR_NOACK;
-    *out = sel;
-    return SSL_TLSEXT_ERR_OK;
-}
-
 SSL_CTX *tls_ctx_new(const struct conf *conf, const struct conf_listener *listener,
                      struct cs_current *certs, const char **err)
 {
@@ -139,8 +124,7 @@ SSL_CTX *tls_ctx_new(const struct conf *conf, const struct conf_listener *listen
         *err = "cannot set key exchange groups";
         goto fail;
     }
-    if (listener->proto == CONF_PROTO_HTTP)
-        SSL_CTX_set_alpn_select_cb(ctx, alpn_select_http, NULL);
+    tls_policy_install(ctx, listener->proto);
     if (conf->tls.ticket_keys)
         tickets_install(ctx);
     cs_select_install(ctx, certs);

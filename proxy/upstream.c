@@ -75,8 +75,8 @@ static int send_proxy_header(struct conn *c)
             tls.ssl = true;
             tls.version = SSL_get_version(c->ssl);
             tls.cipher = SSL_get_cipher_name(c->ssl);
-            /* Only ALPN the client and we agreed on, which is always the backend's own
-             * protocol (http/1.1): Dovecot drops a connection whose ALPN is not its own. */
+            /* Only ALPN the client and we agreed on, which is always the listener's own
+             * protocol (tls_policy.c): Dovecot drops a connection whose ALPN is not its own. */
             SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
             if (alpn_len && alpn_len < sizeof alpn_text) {
                 memcpy(alpn_text, alpn, alpn_len);

@@ -42,7 +42,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     const char *s_def[] = { "default.test" };
     const char *s_mail[] = { "mail.example.com", "webmail.example.com", "*.example.com" };
     const char *s_old[] = { "old.example.com", "*.old.example.com" };
-    const char *s_wild[] = { "*.b.example.com", "a" };
+    const char *s_wild[] = { "*.b.example.com", "a", "*.com" };  /* "*.com" is refused */
     (void)argc;
     (void)argv;
 
@@ -53,7 +53,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     gen(dir, "mail", false, s_mail, 3, now - 86400, now + 86400 * 90, crt[1], key[1]);
     gen(dir, "mail_rsa", true, s_mail, 1, now - 86400, now + 86400 * 90, crt[2], key[2]);
     gen(dir, "old", false, s_old, 2, now - 86400 * 90, now - 86400, crt[3], key[3]);
-    gen(dir, "wild", false, s_wild, 2, now + 86400, now + 86400 * 90, crt[4], key[4]);
+    gen(dir, "wild", false, s_wild, 3, now + 86400, now + 86400 * 90, crt[4], key[4]);
 
     static struct conf_cert certs[4];
     for (int i = 0; i < 4; i++)
@@ -105,6 +105,13 @@ static void check_lookup(const char *sni, size_t len)
         abort();
     if (!m.pair[CS_KEY_ECDSA] && !m.pair[CS_KEY_RSA] && !m.pair[CS_KEY_OTHER])
         abort();
+    /* A wildcard match needs two labels after the one it covers: no "*.com". */
+    if (m.kind == CS_KIND_WILDCARD) {
+        size_t n = len - (sni[len - 1] == '.');   /* a match is a name: len > 0 */
+        const char *dot = memchr(sni, '.', n);
+        if (!dot || !memchr(dot + 1, '.', n - (size_t)(dot + 1 - sni)))
+            abort();
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

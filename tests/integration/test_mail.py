@@ -1351,15 +1351,15 @@ class ProxyProtocolToBackend(Base):
                                                           local_name="mail.alpha.test",
                                                           proto="pop3"), since=pos)
 
-    def test_client_alpn_is_not_passed_to_dovecot(self):
+    def test_client_alpn_reaches_dovecot_only_as_its_own_protocol(self):
         # Dovecot drops a connection whose ALPN TLV is not its own protocol: a mail client
-        # offering h2/http/1.1 (or "imap") must still get in.
+        # offering "imap" among h2/http/1.1 gets "imap" selected, and Dovecot takes it.
         ctx = tls_ctx()
-        ctx.set_alpn_protocols(["imap", "h2", "http/1.1"])
+        ctx.set_alpn_protocols(["h2", "http/1.1", "imap"])
         pos = STRICT.log_positions()["dovecot"]
         m = imaplib.IMAP4_SSL("mail.alpha.test", PORTS["imaps_pp2"], ssl_context=ctx, timeout=T)
         try:
-            self.assertIsNone(m.sock.selected_alpn_protocol())
+            self.assertEqual(m.sock.selected_alpn_protocol(), "imap")
             self.assertEqual(m.login("alice@alpha.test", USERS["alice@alpha.test"])[0], "OK")
             m.logout()
         finally:

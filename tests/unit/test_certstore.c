@@ -660,6 +660,130 @@ static void test_previous(void)
     cs_store_unref(s3);
 }
 
+/* A configuration with only the default pair; tests add what they need. */
+static void default_only_conf(struct conf *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->path = "test.conf";
+    c->tls.default_cert = def.crt;
+    c->tls.default_key = def.key;
+}
+
+/* ---- wildcards for a whole top-level domain ---- */
+
+static void test_tld_wildcard(void)
+{
+    struct tp tld, tld_dir;
+    const char *sans[] = { "*.com", "mail.tld.test", "*.tld.test" };
+    const char *only[] = { "*.net" };
+    gen(&tld, "tld", false, NULL, sans, 3, now - CG_DAY, now + 60 * CG_DAY);
+    char *names[] = { "*.org", "q.named.test" };
+    struct conf_cert certs[] = {
+        { .cert = tld.crt, .key = tld.key, .line = 3 },
+        { .cert = alias.crt, .key = alias.key, .names = names, .n_names = 2, .line = 4 },
+    };
+
+    /* A certbot folder whose only name is refused is skipped like one without names. */
+    char live[256], sub[256];
+    pathf(live, "tldlive");
+    pathf(sub, "tldlive/net");
+    mkdir(live, 0755);
+    mkdir(sub, 0755);
+    pathf(tld_dir.crt, "tldlive/net/fullchain.pem");
+    pathf(tld_dir.key, "tldlive/net/privkey.pem");
+    gen_files(tld_dir.crt, tld_dir.key, false, NULL, only, 1, now - CG_DAY, now + 60 * CG_DAY);
+    char *dirs[] = { live };
+
+    struct conf c;
+    default_only_conf(&c);
+    c.certs = certs;
+    c.n_certs = 2;
+    c.cert_dirs = dirs;
+    c.n_cert_dirs = 1;
+    char *warnings = NULL, want[600];
+    struct cs_store *s = build_ok(&c, NULL, &warnings);
+    if (!s)
+        return;
+    snprintf(want, sizeof(want), "%s: refused the wildcard \"*.com\": it would cover a whole "
+             "top-level domain\n", tld.crt);
+    CHECK(warnings && strstr(warnings, want));
+    snprintf(want, sizeof(want), "%s: refused the wildcard \"*.org\"", alias.crt);
+    CHECK(warnings && strstr(warnings, want));
+    snprintf(want, sizeof(want), "%s: skipped: no usable DNS name in the certificate\n", sub);
+    CHECK(warnings && strstr(warnings, want));
+    free(warnings);
+
+    EXPECT(s, "x.com", CS_KIND_DEFAULT, &def, NULL);
+    EXPECT(s, "x.org", CS_KIND_DEFAULT, &def, NULL);
+    EXPECT(s, "x.net", CS_KIND_DEFAULT, &def, NULL);
+    EXPECT(s, "mail.tld.test", CS_KIND_EXACT, &tld, NULL);
+    EXPECT(s, "imap.tld.test", CS_KIND_WILDCARD, &tld, NULL);
+    EXPECT(s, "q.named.test", CS_KIND_EXACT, &alias, NULL);
+    struct cs_stats st;
+    cs_store_stats(s, &st);
+    CHECK(st.wildcard_names == 1 && st.skipped == 1);
+    cs_store_unref(s);
+}
+
+/* ---- ties: same name, key type and expiry ---- */
+
+/* The index alone: the rank decides, whatever the pairs' addresses, and a pair listed twice
+ * under one name collapses. */
+static void test_index_ties(void)
+{
+    struct cs_pair *p = calloc(1, sizeof(*p)), *q = calloc(1, sizeof(*q));
+    if (!p || !q)
+        exit(2);
+    p->not_after = q->not_after = now + 10 * CG_DAY;
+    struct cs_pair *low = p < q ? p : q, *high = p < q ? q : p;
+    for (int first_is_high = 0; first_is_high < 2; first_is_high++) {
+        struct cs_pair *first = first_is_high ? high : low, *second = first_is_high ? low : high;
+        struct cs_index_input in[] = {
+            { "tie.test", 8, 1, second },
+            { "tie.test", 8, 0, first },
+            { "tie.test", 8, 1, second },
+        };
+        struct cs_index idx;
+        CHECK(cs_index_build(&idx, in, 3) == 0);
+        const struct cs_index_entry *e = cs_index_find(&idx, "tie.test", 8);
+        CHECK(e && e->count == 2);
+        if (e && e->count == 2)
+            CHECK(idx.cands[e->first] == first && idx.cands[e->first + 1] == second);
+        cs_index_free(&idx);
+    }
+    free(p);
+    free(q);
+}
+
+/* Through the store: the pair listed first wins, and swapping the entries swaps the winner even
+ * when a rebuild reuses both pairs (same addresses) from the previous snapshot. */
+static void test_store_ties(void)
+{
+    struct tp a, b;
+    const char *sans[] = { "mail.tie.test" };
+    gen(&a, "tie_a", false, NULL, sans, 1, now - CG_DAY, now + 50 * CG_DAY);
+    gen(&b, "tie_b", false, NULL, sans, 1, now - CG_DAY, now + 50 * CG_DAY);
+    struct conf_cert ab[] = { { .cert = a.crt, .key = a.key, .line = 1 },
+                              { .cert = b.crt, .key = b.key, .line = 2 } };
+    struct conf_cert ba[] = { ab[1], ab[0] };
+    struct conf c;
+    default_only_conf(&c);
+    c.n_certs = 2;
+
+    struct cs_store *prev = NULL;
+    for (int round = 0; round < 6; round++) {
+        bool a_first = round % 2 == 0;
+        c.certs = a_first ? ab : ba;
+        struct cs_store *s = build_ok(&c, prev, NULL);
+        if (!s)
+            break;
+        EXPECT(s, "mail.tie.test", CS_KIND_EXACT, a_first ? &a : &b, NULL);
+        cs_store_unref(prev);
+        prev = s;
+    }
+    cs_store_unref(prev);
+}
+
 /* ---- real handshakes over a BIO pair ---- */
 
 /* What the brief asked for, "RSA-PSS+SHA256:rsa_pss_rsae_sha256:RSA+SHA256", is refused by
@@ -885,10 +1009,7 @@ static void test_memory(size_t n)
     }
     char *dirs[] = { live };
     struct conf c;
-    memset(&c, 0, sizeof(c));
-    c.path = "test.conf";
-    c.tls.default_cert = def.crt;
-    c.tls.default_key = def.key;
+    default_only_conf(&c);
     c.cert_dirs = dirs;
     c.n_cert_dirs = 1;
 
@@ -950,6 +1071,9 @@ int main(int argc, char **argv)
     test_errors();
     test_cert_dirs();
     test_previous();
+    test_tld_wildcard();
+    test_index_ties();
+    test_store_ties();
     test_handshake();
     if (mem_pairs)
         test_memory(mem_pairs);
