@@ -6,6 +6,7 @@
 
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,11 +21,11 @@ struct client {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct client *buckets[CLIMIT_BUCKETS];
-static unsigned limit;
+static atomic_uint limit;
 
 void climit_setup(unsigned max)
 {
-    limit = max;
+    atomic_store(&limit, max);
 }
 
 static bool key_of(const struct sockaddr *addr, uint8_t key[16])
@@ -54,13 +55,14 @@ static unsigned bucket_of(const uint8_t key[16])
     return h % CLIMIT_BUCKETS;
 }
 
-bool climit_acquire(const struct sockaddr *addr)
+int climit_acquire(const struct sockaddr *addr)
 {
     uint8_t key[16];
-    if (!limit || !key_of(addr, key))
-        return true;
+    unsigned max = atomic_load(&limit);
+    if (!max || !key_of(addr, key))
+        return 0;
     unsigned b = bucket_of(key);
-    bool ok = true;
+    int rc = 1;
     pthread_mutex_lock(&lock);
     struct client *c = buckets[b];
     while (c && memcmp(c->key, key, 16) != 0)
@@ -73,18 +75,20 @@ bool climit_acquire(const struct sockaddr *addr)
             buckets[b] = c;
         }
     }
-    if (!c || c->count >= limit)
-        ok = !c; /* out of memory: do not refuse a client for our own failure */
+    if (!c)
+        rc = 0; /* out of memory: do not refuse a client for our own failure */
+    else if (c->count >= max)
+        rc = -1;
     else
         c->count++;
     pthread_mutex_unlock(&lock);
-    return ok;
+    return rc;
 }
 
 void climit_release(const struct sockaddr *addr)
 {
     uint8_t key[16];
-    if (!limit || !key_of(addr, key))
+    if (!key_of(addr, key))
         return;
     unsigned b = bucket_of(key);
     pthread_mutex_lock(&lock);

@@ -6,10 +6,13 @@
 #include <stdbool.h>
 #include <sys/socket.h>
 
-/* MAX = 0 turns the limit off (acquire always succeeds, nothing is tracked). */
+/* MAX = 0 turns the limit off (acquire always succeeds, nothing is tracked). A reload may
+ * change MAX at any time: connections counted before stay counted until released. */
 void climit_setup(unsigned max);
-/* Counts one more connection from ADDR; false (and nothing counted) when ADDR is at the cap. */
-bool climit_acquire(const struct sockaddr *addr);
+/* Counts one more connection from ADDR: 1 counted (release it later), 0 allowed without
+ * counting (no limit now), -1 refused (ADDR is at the cap; nothing counted). */
+int climit_acquire(const struct sockaddr *addr);
+/* Releases a connection that climit_acquire counted. */
 void climit_release(const struct sockaddr *addr);
 void climit_shutdown(void);
 

@@ -11,7 +11,6 @@
 #include "proxy/climit.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
-#include "proxy/routes.h"
 #include "proxy/tls.h"
 
 static const char *const outcome_names[] = {
@@ -86,7 +85,8 @@ static void conn_free(struct conn *c)
     buf_put(c->bout);
     buf_put(c->pin);
     st_free(c->st);
-    routes_unref(c->routes);
+    atomic_fetch_sub(&c->gen->conns, 1);
+    gen_unref(c->gen);
     free(c);
     if (w->draining && w->n_conns == 0 && !w->gone)
         uv_async_send(&w->wakeup); /* same thread: the wakeup handler closes the loop */
@@ -130,7 +130,7 @@ void conn_close(struct conn *c, enum conn_outcome outcome)
     if (c->next)
         c->next->prev = c->prev;
     w->n_conns--;
-    atomic_fetch_sub(&c->listener->open, 1);
+    atomic_fetch_sub(&c->listener->slot->open, 1);
     atomic_fetch_sub(&w->server->open_total, 1);
     if (c->climit_held)
         climit_release((struct sockaddr *)&c->peer);
@@ -552,8 +552,9 @@ void conn_start_session(struct conn *c)
     /* Counted only now: behind a load balancer the client's address comes from the PROXY
      * header. */
     if (!c->limited) {
-        c->climit_held = climit_acquire((struct sockaddr *)&c->peer);
-        if (!c->climit_held) {
+        int counted = climit_acquire((struct sockaddr *)&c->peer);
+        c->climit_held = counted > 0;
+        if (counted < 0) {
             c->limited = true;
             snprintf(c->error, sizeof c->error, "max_connections_per_client reached");
         }
@@ -581,11 +582,11 @@ void conn_start_session(struct conn *c)
 
 static bool over_limit(struct worker *w, struct listener_rt *l)
 {
-    unsigned global = w->server->conf->max_connections;
+    unsigned global = w->gen->conf->max_connections;
     unsigned local = l->conf->max_connections;
     /* The counts already include the connection being accepted. */
     return (global && atomic_load(&w->server->open_total) > global) ||
-           (local && atomic_load(&l->open) > local);
+           (local && atomic_load(&l->slot->open) > local);
 }
 
 void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_handle)
@@ -596,6 +597,9 @@ void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_ha
         return;
     }
     c->worker = w;
+    c->gen = w->gen;
+    gen_ref(c->gen);
+    atomic_fetch_add(&c->gen->conns, 1);
     c->listener = l;
     c->state = CONN_PROXY_IN;
     c->start_ms = c->last_active_ms = uv_now(&w->loop);
@@ -609,8 +613,8 @@ void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_ha
         w->conns->prev = c;
     w->conns = c;
     w->n_conns++;
-    atomic_fetch_add(&l->open, 1);
-    atomic_fetch_add(&l->total, 1);
+    atomic_fetch_add(&l->slot->open, 1);
+    atomic_fetch_add(&l->slot->total, 1);
     atomic_fetch_add(&w->server->open_total, 1);
 
     int r = uv_accept(server_handle, (uv_stream_t *)&c->client);

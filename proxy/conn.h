@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "proxy/buf.h"
+#include "proxy/generation.h"
 #include "proxy/server.h"
 #include "proxy/starttls.h"
 
@@ -40,7 +41,8 @@ enum conn_outcome {
 
 struct conn {
     struct worker *worker;
-    struct listener_rt *listener;
+    struct generation *gen;            /* the configuration it was accepted under (a reference) */
+    struct listener_rt *listener;      /* in gen */
     struct conn *prev, *next;          /* worker->conns */
     enum conn_state state;
     enum conn_outcome outcome;
@@ -75,7 +77,7 @@ struct conn {
     /* Backend choice. */
     const struct conf_addr *backends;
     size_t n_backends, backend_index;
-    struct routes *routes;             /* the routes snapshot BACKENDS came from, if a route chose them */
+
     enum conf_pp proxy_protocol;
     unsigned connect_attempt_ms;
 

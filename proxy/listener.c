@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <netinet/in.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -62,23 +63,57 @@ int listener_bind(const struct conf_listener *l)
 
 static void on_connection(uv_stream_t *server, int status)
 {
-    struct worker *w = server->loop->data;
-    struct listener_rt *l = server->data;
+    struct worker_listener *wl = server->data;
     if (status < 0) {
-        log_warning("listener %s: accept: %s", l->conf->name, uv_strerror(status));
+        log_warning("listener %s: accept: %s", wl->rt->conf->name, uv_strerror(status));
         return;
     }
-    conn_accept(w, l, server);
+    conn_accept(wl->worker, wl->rt, server);
 }
 
-int listener_start(struct worker *w, size_t index, int fd)
+int listener_start(struct worker *w, struct listen_slot *slot, struct listener_rt *rt, int fd)
 {
-    uv_tcp_t *h = &w->listeners[index];
-    int r = uv_tcp_init(&w->loop, h);
-    if (r < 0)
+    struct worker_listener *wl = calloc(1, sizeof *wl);
+    if (!wl) {
+        close(fd);
+        return UV_ENOMEM;
+    }
+    int r = uv_tcp_init(&w->loop, &wl->handle);
+    if (r < 0) {
+        close(fd);
+        free(wl);
         return r;
-    h->data = &w->server->listeners[index];
-    if ((r = uv_tcp_open(h, fd)) < 0 || (r = uv_listen((uv_stream_t *)h, LISTEN_BACKLOG, on_connection)) < 0)
+    }
+    wl->worker = w;
+    wl->slot = slot;
+    wl->rt = rt;
+    wl->handle.data = wl;
+    wl->next = w->listeners;
+    w->listeners = wl;
+    if ((r = uv_tcp_open(&wl->handle, fd)) < 0) {
+        close(fd);
+        listener_stop(wl);
         return r;
+    }
+    if ((r = uv_listen((uv_stream_t *)&wl->handle, LISTEN_BACKLOG, on_connection)) < 0) {
+        listener_stop(wl);
+        return r;
+    }
     return 0;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void listener_stop(struct worker_listener *wl)
+{
+    struct worker_listener **p = &wl->worker->listeners;
+    while (*p && *p != wl)
+        p = &(*p)->next;
+    if (*p)
+        *p = wl->next;
+    if (!uv_is_closing((uv_handle_t *)&wl->handle))
+        uv_close((uv_handle_t *)&wl->handle, on_listener_closed);
 }

@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include "conf/conf.h"
+#include "proxy/generation.h"
 #include "proxy/server.h"
 
 /* Is L's address free? Every worker's socket carries SO_REUSEPORT, and so would another
@@ -14,7 +15,9 @@
 int listener_check_free(const struct conf_listener *l);
 /* Creates, binds and listens a socket for L (SO_REUSEPORT). Returns the fd or -errno. */
 int listener_bind(const struct conf_listener *l);
-/* Makes FD the worker's listener number INDEX and starts accepting on it. */
-int listener_start(struct worker *w, size_t index, int fd);
+/* Starts accepting on FD (SLOT's socket for worker W, taken over) for listener RT. */
+int listener_start(struct worker *w, struct listen_slot *slot, struct listener_rt *rt, int fd);
+/* Stops accepting: unlinks WL from its worker and closes it (freed in the close callback). */
+void listener_stop(struct worker_listener *wl);
 
 #endif

@@ -147,11 +147,11 @@ static int run(const char *path)
         return 1;
     struct server srv;
     int status = 1;
+    /* The server owns CONF from here: it is the first configuration generation. */
     if (server_init(&srv, conf, store) == 0)
         status = server_run(&srv);
     server_free(&srv);
     tls_global_free();
-    conf_free(conf);
     return status;
 }
 

@@ -3,12 +3,15 @@
  * keyed by the backend's text, guarded by a mutex because errors are rare. */
 #include "proxy/metrics.h"
 
+#include "proxy/generation.h"
+
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
 #include "proxy/conn.h"
+#include "proxy/generation.h"
 
 #define RELAXED memory_order_relaxed
 
@@ -110,16 +113,26 @@ static unsigned long long get(atomic_ullong *v)
 
 void metrics_render(const struct server *srv, FILE *out)
 {
+    /* The control thread replaces srv->gen, and this runs on it: no reference needed. */
+    const struct generation *gen = srv->gen;
     fprintf(out, "# HELP mailsnid_connections_open Connections open now.\n"
                  "# TYPE mailsnid_connections_open gauge\n");
-    for (size_t i = 0; i < srv->n_listeners; i++)
+    for (size_t i = 0; i < gen->n_listeners; i++)
         fprintf(out, "mailsnid_connections_open{listener=\"%s\"} %u\n",
-                srv->listeners[i].conf->name, atomic_load(&srv->listeners[i].open));
+                gen->listeners[i].conf->name, atomic_load(&gen->listeners[i].slot->open));
     fprintf(out, "# HELP mailsnid_connections_total Connections accepted.\n"
                  "# TYPE mailsnid_connections_total counter\n");
-    for (size_t i = 0; i < srv->n_listeners; i++)
-        fprintf(out, "mailsnid_connections_total{listener=\"%s\"} %llu\n",
-                srv->listeners[i].conf->name, (unsigned long long)atomic_load(&srv->listeners[i].total));
+    for (size_t i = 0; i < gen->n_listeners; i++)
+        fprintf(out, "mailsnid_connections_total{listener=\"%s\"} %llu\n", gen->listeners[i].conf->name,
+                (unsigned long long)atomic_load(&gen->listeners[i].slot->total));
+    fprintf(out, "# HELP mailsnid_generation_connections Connections open, by the configuration "
+                 "generation they were accepted under.\n"
+                 "# TYPE mailsnid_generation_connections gauge\n");
+    pthread_mutex_lock((pthread_mutex_t *)&srv->gen_lock);
+    for (const struct generation *g = srv->live; g; g = g->next)
+        fprintf(out, "mailsnid_generation_connections{generation=\"%llu\"} %u\n", g->id,
+                atomic_load((atomic_uint *)&g->conns));
+    pthread_mutex_unlock((pthread_mutex_t *)&srv->gen_lock);
     fprintf(out, "# HELP mailsnid_handshakes_total TLS handshakes by outcome.\n"
                  "# TYPE mailsnid_handshakes_total counter\n"
                  "mailsnid_handshakes_total{outcome=\"ok\"} %llu\n"

@@ -9,11 +9,29 @@
 
 #include <errno.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <pwd.h>
+#include <stdbool.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "proxy/log.h"
+
+/* After the switch, of all root's powers only CAP_NET_BIND_SERVICE stays (permitted and
+ * effective): a reload may add a listener on port 443 or 993 while the process runs as `user`.
+ * It grants nothing else — no file access, no way back to uid 0. glibc has no wrapper for
+ * capset and libcap is not worth a dependency for one call. */
+static int keep_bind_service(void)
+{
+    struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    memset(data, 0, sizeof data);
+    data[CAP_TO_INDEX(CAP_NET_BIND_SERVICE)].permitted = CAP_TO_MASK(CAP_NET_BIND_SERVICE);
+    data[CAP_TO_INDEX(CAP_NET_BIND_SERVICE)].effective = CAP_TO_MASK(CAP_NET_BIND_SERVICE);
+    return (int)syscall(SYS_capset, &hdr, data);
+}
 
 int privs_drop(const struct conf *conf)
 {
@@ -45,10 +63,20 @@ int privs_drop(const struct conf *conf)
         return 0;
     }
     int rc = name ? initgroups(name, gid) : setgroups(0, NULL);
+    /* Keep the permitted capabilities across setuid, so that one of them can be kept below. */
+    bool keep_bind = conf->user && uid != 0 && geteuid() == 0;
+    if (keep_bind && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+        keep_bind = false;
     if (rc < 0 || setgid(gid) < 0 || (conf->user && setuid(uid) < 0)) {
         log_err("cannot switch to user %s group %s: %s: refusing to serve with the old privileges",
                 conf->user ? conf->user : "-", conf->group ? conf->group : "-", strerror(errno));
         return -1;
+    }
+    if (keep_bind) {
+        prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        if (keep_bind_service() < 0)
+            log_warning("cannot keep CAP_NET_BIND_SERVICE (%s): a reload that adds a listener on "
+                        "a port below 1024 will fail until the next restart", strerror(errno));
     }
     if (conf->user && uid != 0 && (setuid(0) == 0 || geteuid() == 0)) {
         log_err("still able to regain root after switching to %s: refusing to serve", conf->user);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "proxy/generation.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/notify.h"
@@ -22,7 +23,7 @@ struct reload {
     struct conf *conf;
     struct cs_store *store;
     struct tickets *tickets;
-    struct routes *routes;
+    struct generation *gen;
     char *errors, *warnings;
     double seconds;
 };
@@ -55,6 +56,7 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* On the thread pool: everything of the next generation but its sockets. */
 static void build(uv_work_t *work)
 {
     struct reload *r = work->data;
@@ -69,28 +71,43 @@ static void build(uv_work_t *work)
         if (cs_store_build(r->conf, current, &r->store, &r->errors, &r->warnings) < 0)
             r->store = NULL;
         cs_store_unref(current);
-        /* Indexed here, off the control loop: 100,000 routes take a few tens of ms. */
-        if (r->store && !(r->routes = routes_new(r->conf))) {
-            cs_store_unref(r->store);
-            r->store = NULL;
+        /* 100,000 routes take a few tens of ms to index: here, not on the control loop. */
+        struct routes *routes = r->store ? routes_new(r->conf) : NULL;
+        if (r->store && !routes) {
             free(r->errors);
             r->errors = strdup("out of memory for the routes index\n");
+        }
+        if (routes) {
+            r->gen = gen_new(r->conf, routes, r->srv->certs, &r->errors);
+            r->conf = NULL; /* the generation has it (or freed it) */
+        }
+        if (!r->gen && r->store) {
+            cs_store_unref(r->store);
+            r->store = NULL;
         }
     }
     r->seconds = now_seconds() - start;
 }
 
-/* Settings that live in sockets, threads or per-listener TLS contexts are fixed at start;
- * say so instead of silently ignoring a change. */
+static bool same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* What lives in threads or in the process's identity cannot change by reload: say so instead of
+ * silently ignoring it. */
 static void warn_fixed_settings(const struct conf *old, const struct conf *new)
 {
-    bool same = old->n_listeners == new->n_listeners && old->workers == new->workers;
-    for (size_t i = 0; same && i < old->n_listeners; i++)
-        same = strcmp(old->listeners[i].name, new->listeners[i].name) == 0 &&
-               strcmp(old->listeners[i].listen.text, new->listeners[i].listen.text) == 0;
-    if (!same)
-        log_warning("reload: listener or worker changes take effect at the next restart "
-                    "(routes, domains and certificates apply now)");
+    if (old->workers != new->workers)
+        log_warning("reload: workers = %u takes effect at the next restart or upgrade (SIGUSR2)",
+                    new->workers);
+    if (!same_str(old->user, new->user) || !same_str(old->group, new->group))
+        log_warning("reload: user/group (%s/%s) take effect at the next restart or upgrade (SIGUSR2)",
+                    new->user ? new->user : "-", new->group ? new->group : "-");
+    if (old->has_admin != new->has_admin ||
+        (new->has_admin && strcmp(old->admin.text, new->admin.text) != 0))
+        log_warning("reload: admin = \"%s\" takes effect at the next restart or upgrade (SIGUSR2)",
+                    new->has_admin ? new->admin.text : "");
 }
 
 static void finish(uv_work_t *work, int status)
@@ -100,6 +117,12 @@ static void finish(uv_work_t *work, int status)
     r->running = false;
     if (status == 0 && !r->stopping) {
         log_lines(CONF_LOG_WARNING, r->warnings);
+        /* New addresses are bound here, before anything changes: a port that is taken fails
+         * the reload as a whole. */
+        if (r->gen && gen_attach_slots(r->gen, srv->gen, srv->n_workers, &r->errors) < 0) {
+            cs_store_unref(r->store);
+            r->store = NULL;
+        }
         if (!r->store) {
             log_lines(CONF_LOG_ERR, r->errors);
             log_err("reload (%s) failed: the running configuration keeps serving", r->why);
@@ -107,7 +130,7 @@ static void finish(uv_work_t *work, int status)
         } else {
             struct cs_stats st;
             cs_store_stats(r->store, &st);
-            warn_fixed_settings(srv->conf, r->conf);
+            warn_fixed_settings(srv->conf, r->gen->conf);
             cs_current_set(srv->certs, r->store);
             /* Listeners started without tls.ticket_keys keep OpenSSL's own keys until a
              * restart; with it, the new key set applies to the next ticket. */
@@ -115,28 +138,28 @@ static void finish(uv_work_t *work, int status)
                 tickets_set_current(r->tickets);
                 r->tickets = NULL;
             }
-            /* New connections route by the new map; open ones keep the snapshot they hold. */
-            size_t n_routes = routes_count(r->routes);
-            routes_current_set(srv->routes, r->routes);
-            r->routes = NULL;
-            log_notice("reload (%s): %zu pairs (+%zu added, %zu changed, -%zu removed, %zu skipped), "
-                       "%zu routes, %zu domains in %.3f s", r->why, st.pairs, st.pairs_added,
-                       st.pairs_changed, st.pairs_removed, st.skipped, n_routes, r->conf->n_domains,
-                       r->seconds);
+            struct generation *gen = r->gen;
+            r->gen = NULL;
+            gen->id = srv->gen->id + 1;
+            server_publish(srv, gen);
+            log_notice("reload (%s): generation %llu: %zu listeners, %zu pairs (+%zu added, %zu "
+                       "changed, -%zu removed, %zu skipped), %zu routes, %zu domains in %.3f s",
+                       r->why, gen->id, gen->n_listeners, st.pairs, st.pairs_added,
+                       st.pairs_changed, st.pairs_removed, st.skipped, routes_count(gen->routes),
+                       gen->conf->n_domains, r->seconds);
             metrics_reload(true);
             r->store = NULL;
         }
         /* After the swap, not before: walking 100,000 domain folders must not delay a
          * renewal going live. Folders may have come or gone. */
-        if (r->conf)
-            watch_refresh(srv, r->conf);
+        watch_refresh(srv, srv->conf);
     }
     if (r->store)
         cs_store_unref(r->store);
+    gen_unref(r->gen);
+    r->gen = NULL;
     tickets_free(r->tickets);
     r->tickets = NULL;
-    routes_unref(r->routes);
-    r->routes = NULL;
     conf_free(r->conf);
     free(r->errors);
     free(r->warnings);

@@ -4,7 +4,6 @@
  * connection with SNI looks its name up, so the lookup is one hash and usually one compare. */
 #include "proxy/routes.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,11 +29,6 @@ struct routes {
     struct conf_route *routes;         /* owned: taken out of the conf */
     size_t n_routes;
     struct name_table exact, wild;
-};
-
-struct routes_current {
-    pthread_mutex_t lock;
-    struct routes *routes;
 };
 
 static int table_init(struct name_table *t, size_t n)
@@ -145,43 +139,4 @@ const struct conf_route *routes_lookup(const struct routes *r, const char *name,
     if (!dot || dot == name || !dot[1])
         return NULL;
     return table_find(&r->wild, dot + 1, len - (size_t)(dot + 1 - name), proto);
-}
-
-struct routes_current *routes_current_new(struct routes *initial)
-{
-    struct routes_current *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    pthread_mutex_init(&c->lock, NULL);
-    c->routes = initial;
-    return c;
-}
-
-void routes_current_free(struct routes_current *c)
-{
-    if (!c)
-        return;
-    routes_unref(c->routes);
-    pthread_mutex_destroy(&c->lock);
-    free(c);
-}
-
-/* A mutex rather than an atomic pointer: between loading the pointer and taking the reference
- * the writer could drop the last one. Held for two instructions, once per routed connection. */
-struct routes *routes_current_get(struct routes_current *c)
-{
-    pthread_mutex_lock(&c->lock);
-    struct routes *r = c->routes;
-    routes_ref(r);
-    pthread_mutex_unlock(&c->lock);
-    return r;
-}
-
-void routes_current_set(struct routes_current *c, struct routes *routes)
-{
-    pthread_mutex_lock(&c->lock);
-    struct routes *old = c->routes;
-    c->routes = routes;
-    pthread_mutex_unlock(&c->lock);
-    routes_unref(old);
 }

@@ -1,9 +1,9 @@
 /* routes: per-SNI-name backend overrides (config `routes`), looked up after the handshake.
  *
- * A struct routes is an immutable, reference-counted snapshot: built off the event loops (at
- * start, and by each reload), published through a struct routes_current, and held by every
- * connection that took its backends from it, so that a reload never changes the backend of a
- * session that is already open and never frees what such a session still points at. */
+ * A struct routes is an immutable, reference-counted snapshot, built off the event loops (at
+ * start, and by each reload) and owned by a configuration generation (generation.h): every
+ * connection holds its generation, so a reload never changes the backend of a session that is
+ * already open and never frees what such a session still points at. */
 #ifndef MAILSNID_ROUTES_H
 #define MAILSNID_ROUTES_H
 
@@ -12,7 +12,6 @@
 #include "conf/conf.h"
 
 struct routes;
-struct routes_current;
 
 /* Indexes CONF's routes, taking them out of CONF (conf->routes becomes NULL): the snapshot then
  * owns them and outlives the conf. Names are already normalised by conf. NULL on allocation
@@ -26,11 +25,5 @@ size_t routes_count(const struct routes *routes);
  * wildcard; O(1) whatever the number of routes. NULL when none. */
 const struct conf_route *routes_lookup(const struct routes *routes, const char *name,
                                        enum conf_proto proto);
-
-/* The published snapshot: any thread reads, the control thread replaces. */
-struct routes_current *routes_current_new(struct routes *initial); /* takes the reference */
-void routes_current_free(struct routes_current *current);
-struct routes *routes_current_get(struct routes_current *current);  /* a new reference */
-void routes_current_set(struct routes_current *current, struct routes *routes); /* takes it */
 
 #endif

@@ -12,6 +12,7 @@
 #include "proxy/buf.h"
 #include "proxy/climit.h"
 #include "proxy/conn.h"
+#include "proxy/generation.h"
 #include "proxy/listener.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
@@ -35,23 +36,17 @@ int server_init(struct server *srv, struct conf *conf, struct cs_store *store)
 {
     memset(srv, 0, sizeof *srv);
     uv_mutex_init(&srv->wake_lock);
+    pthread_mutex_init(&srv->gen_lock, NULL);
     srv->conf = conf;
     srv->certs = cs_current_new(store);
-    struct routes *routes = routes_new(conf);
-    srv->routes = routes ? routes_current_new(routes) : NULL;
-    if (routes && !srv->routes)
-        routes_unref(routes);
-    srv->n_listeners = conf->n_listeners;
-    srv->listeners = calloc(conf->n_listeners, sizeof *srv->listeners);
     srv->n_workers = worker_count(conf);
     srv->workers = calloc(srv->n_workers, sizeof *srv->workers);
-    srv->fds = malloc(sizeof *srv->fds * srv->n_workers * conf->n_listeners);
-    if (!srv->certs || !srv->routes || !srv->listeners || !srv->workers || !srv->fds) {
+    if (!srv->certs || !srv->workers) {
+        conf_free(conf);
+        srv->conf = NULL;
         log_err("out of memory");
         return -ENOMEM;
     }
-    for (size_t i = 0; i < srv->n_workers * conf->n_listeners; i++)
-        srv->fds[i] = -1;
     climit_setup(conf->max_connections_per_client);
     if (conf->tls.ticket_keys) {
         char *err = NULL;
@@ -59,37 +54,77 @@ int server_init(struct server *srv, struct conf *conf, struct cs_store *store)
         if (!t) {
             log_lines(CONF_LOG_ERR, err);
             free(err);
+            conf_free(conf);
+            srv->conf = NULL;
             return -EINVAL;
         }
         tickets_set_current(t);
     }
-    for (size_t i = 0; i < conf->n_listeners; i++) {
-        const struct conf_listener *l = &conf->listeners[i];
-        const char *err = NULL;
-        srv->listeners[i].conf = l;
-        srv->listeners[i].ssl_ctx = tls_ctx_new(conf, l, srv->certs, &err);
-        if (!srv->listeners[i].ssl_ctx) {
-            log_err("%s:%d: listener %s: %s", conf->path, l->line, l->name, err);
-            return -EINVAL;
-        }
-        int free_rc = listener_check_free(l);
-        if (free_rc == -EADDRINUSE) {
-            log_err("%s:%d: listener %s: cannot listen on %s: another process listens there "
-                    "(a second mailsnid? SIGUSR2 upgrades a running one)", conf->path, l->line,
-                    l->name, l->listen.text);
-            return free_rc;
-        }
-        for (unsigned w = 0; w < srv->n_workers; w++) {
-            int fd = listener_bind(l);
-            if (fd < 0) {
-                log_err("%s:%d: listener %s: cannot listen on %s: %s", conf->path, l->line,
-                        l->name, l->listen.text, strerror(-fd));
-                return fd;
-            }
-            srv->fds[w * conf->n_listeners + i] = fd;
-        }
+    char *err = NULL;
+    struct routes *routes = routes_new(conf);
+    /* gen_new frees CONF on failure. */
+    struct generation *gen = routes ? gen_new(conf, routes, srv->certs, &err) : NULL;
+    if (!routes) {
+        conf_free(conf);
+        err = strdup("out of memory\n");
     }
+    if (gen && gen_attach_slots(gen, NULL, srv->n_workers, &err) < 0) {
+        gen_unref(gen);
+        gen = NULL;
+    }
+    if (!gen) {
+        srv->conf = NULL;
+        log_lines(CONF_LOG_ERR, err);
+        free(err);
+        return -EINVAL;
+    }
+    gen->id = 1;
+    server_publish(srv, gen);
     return 0;
+}
+
+/* ---- generations ---- */
+
+static void wake_workers(struct server *srv);
+
+void server_publish(struct server *srv, struct generation *gen)
+{
+    gen->srv = srv;
+    pthread_mutex_lock(&srv->gen_lock);
+    struct generation *old = srv->gen;
+    srv->gen = gen;
+    gen->next = srv->live;
+    if (srv->live)
+        srv->live->prev = gen;
+    srv->live = gen;
+    pthread_mutex_unlock(&srv->gen_lock);
+    srv->conf = gen->conf;
+    log_setup(gen->conf->log_level, gen->conf->log_target);
+    climit_setup(gen->conf->max_connections_per_client);
+    gen_unref(old);
+    if (atomic_load(&srv->workers_running))
+        wake_workers(srv);
+}
+
+struct generation *server_generation_get(struct server *srv)
+{
+    pthread_mutex_lock(&srv->gen_lock);
+    struct generation *g = srv->gen;
+    gen_ref(g);
+    pthread_mutex_unlock(&srv->gen_lock);
+    return g;
+}
+
+void server_forget_generation(struct server *srv, struct generation *gen)
+{
+    pthread_mutex_lock(&srv->gen_lock);
+    if (gen->prev)
+        gen->prev->next = gen->next;
+    else if (srv->live == gen)
+        srv->live = gen->next;
+    if (gen->next)
+        gen->next->prev = gen->prev;
+    pthread_mutex_unlock(&srv->gen_lock);
 }
 
 /* ---- workers ---- */
@@ -113,9 +148,45 @@ static void worker_close_all(struct worker *w)
 
 static void worker_stop_listening(struct worker *w)
 {
-    for (size_t i = 0; i < w->n_listeners; i++)
-        if (!uv_is_closing((uv_handle_t *)&w->listeners[i]))
-            uv_close((uv_handle_t *)&w->listeners[i], NULL);
+    for (struct worker_listener *wl = w->listeners; wl; wl = wl->next)
+        listener_stop(wl);
+}
+
+/* Takes the server's current generation if it is newer than the worker's: accepting sockets of
+ * addresses it keeps now serve its listeners, sockets of addresses it dropped close, and those of
+ * new addresses open. Connections already accepted keep their own generation. */
+static void worker_adopt(struct worker *w)
+{
+    struct generation *g = server_generation_get(w->server);
+    if (g == w->gen) {
+        gen_unref(g);
+        return;
+    }
+    for (struct worker_listener *wl = w->listeners; wl; wl = wl->next) {
+        wl->rt = NULL;
+        for (size_t i = 0; i < g->n_listeners; i++)
+            if (g->listeners[i].slot == wl->slot)
+                wl->rt = &g->listeners[i];
+        if (!wl->rt)
+            listener_stop(wl);
+    }
+    for (size_t i = 0; i < g->n_listeners; i++) {
+        struct listen_slot *slot = g->listeners[i].slot;
+        bool have = false;
+        for (struct worker_listener *wl = w->listeners; wl && !have; wl = wl->next)
+            have = wl->slot == slot && wl->rt;
+        if (have || slot->fds[w->index] < 0)
+            continue;
+        int fd = slot->fds[w->index];
+        slot->fds[w->index] = -1; /* the handle owns it now */
+        int r = listener_start(w, slot, &g->listeners[i], fd);
+        if (r < 0)
+            log_err("worker %u: listener %s: %s", w->index, g->listeners[i].conf->name,
+                    uv_strerror(r));
+    }
+    struct generation *old = w->gen;
+    w->gen = g;
+    gen_unref(old);
 }
 
 /* Runs on the worker's loop whenever the control thread (or a closing connection during a
@@ -132,6 +203,8 @@ static void on_worker_wakeup(uv_async_t *a)
         w->draining = true;
         worker_stop_listening(w);
     }
+    if (!w->draining && !w->stopping)
+        worker_adopt(w);
     if ((w->draining || w->stopping) && w->n_conns == 0)
         worker_close_all(w);
 }
@@ -158,22 +231,12 @@ static int worker_init(struct server *srv, unsigned index)
     struct worker *w = &srv->workers[index];
     w->server = srv;
     w->index = index;
-    w->n_listeners = srv->n_listeners;
-    w->listeners = calloc(srv->n_listeners, sizeof *w->listeners);
-    if (!w->listeners || uv_loop_init(&w->loop) < 0)
+    if (uv_loop_init(&w->loop) < 0)
         return -ENOMEM;
     w->loop.data = w;
     uv_async_init(&w->loop, &w->wakeup, on_worker_wakeup);
     w->wakeup.data = w;
-    for (size_t i = 0; i < srv->n_listeners; i++) {
-        int fd = srv->fds[index * srv->n_listeners + i];
-        int r = listener_start(w, i, fd);
-        srv->fds[index * srv->n_listeners + i] = -1; /* the handle owns it now */
-        if (r < 0) {
-            log_err("listener %s: %s", srv->listeners[i].conf->name, uv_strerror(r));
-            return r;
-        }
-    }
+    worker_adopt(w);
     return 0;
 }
 
@@ -290,7 +353,7 @@ int server_run(struct server *srv)
     atomic_store(&srv->workers_running, srv->n_workers);
     for (unsigned i = 0; i < srv->n_workers; i++)
         uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
-    log_notice("mailsnid running: %zu listeners, %u workers", srv->n_listeners, srv->n_workers);
+    log_notice("mailsnid running: %zu listeners, %u workers", srv->gen->n_listeners, srv->n_workers);
     notify_ready();
 
     uv_run(srv->loop, UV_RUN_DEFAULT);
@@ -306,21 +369,19 @@ void server_free(struct server *srv)
         uv_run(srv->loop, UV_RUN_NOWAIT);
         uv_loop_close(srv->loop);
     }
-    for (size_t i = 0; srv->fds && i < srv->n_workers * srv->n_listeners; i++)
-        if (srv->fds[i] >= 0)
-            close(srv->fds[i]);
-    free(srv->fds);
     for (unsigned i = 0; srv->workers && i < srv->n_workers; i++)
-        free(srv->workers[i].listeners);
+        gen_unref(srv->workers[i].gen);
     free(srv->workers);
-    for (size_t i = 0; srv->listeners && i < srv->n_listeners; i++)
-        SSL_CTX_free(srv->listeners[i].ssl_ctx);
-    free(srv->listeners);
-    routes_current_free(srv->routes);
+    /* Every connection is gone: the current generation is the last one, and takes the sockets
+     * no worker adopted with it. */
+    struct generation *g = srv->gen;
+    srv->gen = NULL;
+    gen_unref(g);
     tickets_shutdown();
     climit_shutdown();
     if (srv->certs)
         cs_current_free(srv->certs);
+    pthread_mutex_destroy(&srv->gen_lock);
     uv_mutex_destroy(&srv->wake_lock);
     memset(srv, 0, sizeof *srv);
 }

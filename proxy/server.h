@@ -3,11 +3,12 @@
  *
  * Threads: the control thread owns struct server and runs its own loop (signals, drain timer).
  * Each worker thread owns one struct worker: its uv loop, its SO_REUSEPORT listening sockets
- * and every connection it accepted. Workers share only read-only data (struct listener_rt,
- * routes) and thread-safe objects (cs_current, atomics). */
+ * and every connection it accepted. Workers share only read-only data (generations) and
+ * thread-safe objects (cs_current, atomics). */
 #ifndef MAILSNID_SERVER_H
 #define MAILSNID_SERVER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <openssl/ssl.h>
@@ -17,14 +18,18 @@
 #include "certstore/certstore.h"
 
 struct conn;
-struct routes_current;
+struct generation;
+struct listener_rt;
+struct listen_slot;
 
-/* One configured listener, shared by all workers. */
-struct listener_rt {
-    const struct conf_listener *conf;
-    SSL_CTX *ssl_ctx;
-    atomic_uint open;                 /* connections open now, all workers */
-    atomic_ullong total;
+/* One listening handle of a worker: the worker's socket of one slot, accepting for the listener
+ * of the worker's generation that has that address. Freed in its close callback. */
+struct worker_listener {
+    uv_tcp_t handle;
+    struct worker *worker;
+    struct listen_slot *slot;
+    struct listener_rt *rt;           /* in worker->gen */
+    struct worker_listener *next;
 };
 
 struct worker {
@@ -32,9 +37,9 @@ struct worker {
     unsigned index;
     uv_loop_t loop;
     uv_thread_t thread;
-    uv_async_t wakeup;                /* control → worker: drain or stop */
-    uv_tcp_t *listeners;              /* one per listener_rt, same order */
-    size_t n_listeners;
+    uv_async_t wakeup;                /* control → worker: a new generation, drain or stop */
+    struct generation *gen;           /* adopted: the one new connections are accepted under */
+    struct worker_listener *listeners;
     struct conn *conns;               /* every open connection, for drain and forced close */
     unsigned n_conns;
     bool draining, stopping;
@@ -42,14 +47,13 @@ struct worker {
 };
 
 struct server {
-    struct conf *conf;
+    struct conf *conf;                 /* the current generation's (control thread only) */
+    struct generation *gen;            /* current; replaced under gen_lock by the control thread */
+    pthread_mutex_t gen_lock;          /* gen, and the list of live generations */
+    struct generation *live;           /* every generation not yet freed, newest first */
     struct cs_current *certs;
-    struct routes_current *routes;     /* per-name backends, replaced by reloads */
-    struct listener_rt *listeners;
-    size_t n_listeners;
     struct worker *workers;
     unsigned n_workers;
-    int *fds;                          /* bound sockets: fds[worker * n_listeners + listener] */
     atomic_uint open_total;            /* all connections, for the global max_connections */
     uv_loop_t *loop;                   /* the control loop (main thread) */
     uv_signal_t sig_term, sig_int, sig_hup;
@@ -65,12 +69,21 @@ struct server {
 };
 
 /* Builds everything the config asks for and binds the listening sockets; nothing runs yet.
- * On failure returns -errno/-EINVAL with a message already logged. */
+ * Takes over CONF (freed by server_free) and STORE. On failure returns -errno/-EINVAL with a
+ * message already logged. */
 int server_init(struct server *srv, struct conf *conf, struct cs_store *store);
 /* Runs workers and the control loop until drained; returns the exit status. */
 int server_run(struct server *srv);
 void server_free(struct server *srv);
 /* Stops accepting, fails health checks, lets connections finish up to drain_timeout. */
 void server_begin_drain(struct server *srv);
+
+/* Control thread: makes GEN (its slots attached) the current generation and tells the workers.
+ * Takes over the caller's reference. */
+void server_publish(struct server *srv, struct generation *gen);
+/* The current generation, as a new reference (any thread). */
+struct generation *server_generation_get(struct server *srv);
+/* Called by gen_unref for a generation about to be freed. */
+void server_forget_generation(struct server *srv, struct generation *gen);
 
 #endif

@@ -42,15 +42,10 @@ static void choose_backends(struct conn *c)
     const struct cs_choice *choice = c->ssl ? cs_choice_of(c->ssl) : NULL;
     if (!choice || !choice->sni[0])
         return;
-    struct routes *routes = routes_current_get(c->worker->server->routes);
-    const struct conf_route *r = routes_lookup(routes, choice->sni, l->proto);
-    if (!r) {
-        routes_unref(routes);
+    /* The connection's own generation: a reload never moves an open session. */
+    const struct conf_route *r = routes_lookup(c->gen->routes, choice->sni, l->proto);
+    if (!r)
         return;
-    }
-    /* The backends point into this snapshot: it stays with the connection until the end. */
-    routes_unref(c->routes);
-    c->routes = routes;
     c->backends = r->backends[l->proto];
     c->n_backends = r->n_backends[l->proto];
     if (r->has_proxy_protocol)

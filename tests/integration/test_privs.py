@@ -19,6 +19,15 @@ from fakebackend import EchoBackend
 import certs
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 class PrivilegeDrop(unittest.TestCase):
     def setUp(self):
         self.assertEqual(os.geteuid(), 0, "the integration suite runs as root")
@@ -77,6 +86,31 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
             os.chmod(key, 0o640)
         proc.signal(signal.SIGHUP)
         proc.wait_log(r"reload \(SIGHUP\): ")
+
+    def test_a_reload_binds_a_port_below_1024_after_the_switch(self):
+        low = next(p for p in range(990, 600, -1) if port_free(p))
+        proc = MailsnidProcess(self.config("nobody"), self.dir).start([self.port])
+        self.addCleanup(proc.stop)
+        proc.wait_log("running as uid")
+        with open(f"/proc/{proc.proc.pid}/status") as f:
+            caps = dict(l.split(":\t") for l in f.read().splitlines() if l.startswith("Cap"))
+        # Nothing of root but binding low ports.
+        self.assertEqual(int(caps["CapEff"], 16), 1 << 10, caps)
+        self.assertEqual(int(caps["CapPrm"], 16), 1 << 10, caps)
+        mark = len(proc.log())
+        with open(proc.config, "w") as f:
+            own = f'backend = "{self.backend.addr}"; }} );'
+            f.write(self.config("nobody").replace(
+                own, f'backend = "{self.backend.addr}"; }}, {{ name = "low"; listen = "127.0.0.1:{low}"; '
+                     f'protocol = "imap"; tls = "implicit"; backend = "{self.backend.addr}"; }} );'))
+        proc.signal(signal.SIGHUP)
+        proc.wait_log(r"reload \(.*\): generation 2: 2 listeners")
+        self.assertNotRegex(proc.log()[mark:], r"reload \(.*\) failed")
+        ctx = ssl.create_default_context(cafile=self.pki["ca"])
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", low)),
+                             server_hostname="mail.alpha.test") as s:
+            s.sendall(b"low")
+            self.assertEqual(s.recv(3), b"low")
 
     def test_unknown_user_refuses_to_start(self):
         cfg = os.path.join(self.dir, "bad.cfg")

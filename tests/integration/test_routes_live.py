@@ -9,17 +9,13 @@ broken edit changes nothing. Every reload is the real one (SIGHUP or the file wa
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
-import socket
-import ssl
 import tempfile
-import time
 import unittest
 
 from mailsnid_runner import SLOW, MailsnidProcess, free_port
 from fakebackend import EchoBackend
+from greeting_session import Session, client_context, reload_and_wait
 import certs
 
 PKI: dict[str, str] = {}
@@ -34,33 +30,6 @@ def setUpModule():
 
 def tearDownModule():
     shutil.rmtree(TMP, ignore_errors=True)
-
-
-class Session:
-    """One TLS session through mailsnid: reads the backend's one-letter greeting."""
-
-    def __init__(self, port: int, sni: str):
-        ctx = ssl.create_default_context(cafile=PKI["ca"])
-        ctx.check_hostname = False
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
-        self.s = ctx.wrap_socket(raw, server_hostname=sni)
-        self.greeting = self.read_line()
-
-    def read_line(self) -> bytes:
-        got = b""
-        while not got.endswith(b"\r\n"):
-            chunk = self.s.recv(1)
-            if not chunk:
-                break
-            got += chunk
-        return got
-
-    def echo(self, data: bytes) -> bytes:
-        self.s.sendall(data)
-        return self.read_line()
-
-    def close(self):
-        self.s.close()
 
 
 class LiveRoutes(unittest.TestCase):
@@ -89,7 +58,7 @@ routes = ( {routes} );
         return f'{{ names = [ {names} ]; imap = "{self.backends[letter].addr}"; }}'
 
     def greeting(self, sni: str) -> bytes:
-        s = Session(self.port, sni)
+        s = Session(self.port, client_context(PKI["ca"]), sni)
         try:
             return s.greeting
         finally:
@@ -103,25 +72,15 @@ routes = ( {routes} );
         return "domains = [ " + ", ".join(f'"d{i}.example"' for i in range(n)) + " ];"
 
     def reload(self, proc: MailsnidProcess, text: str, want: str | None) -> None:
-        """Writes TEXT and sends SIGHUP; returns once a reload logged WANT ("R routes, N
-        domains"), or failed when WANT is None."""
-        mark = len(proc.log())
-        # Written aside and renamed, as a control panel should: the watcher never sees half a file.
-        with open(proc.config + ".new", "w") as f:
-            f.write(text)
-        os.replace(proc.config + ".new", proc.config)
-        proc.signal(signal.SIGHUP)
-        pattern = re.compile(rf"reload \(.*\): .* {want} in" if want else r"reload \(.*\) failed")
-        deadline = time.monotonic() + 10 * SLOW
-        while not pattern.search(proc.log()[mark:]):
-            self.assertLess(time.monotonic(), deadline, f"no {pattern.pattern!r} after the edit:\n"
-                            + proc.log()[mark:])
-            time.sleep(0.02)
+        """Applies TEXT; WANT is what the reload line must say ("R routes, N domains"), or None
+        for a reload that must fail."""
+        reload_and_wait(proc, text, rf"reload \(.*\): .* {want} in" if want else r"reload \(.*\) failed",
+                        timeout=10)
 
     def test_a_moved_domain_keeps_old_sessions_and_sends_new_ones_to_the_new_server(self):
         proc = MailsnidProcess(self.config(self.route('"mail.alpha.test"', "A")), self.dir).start([self.port])
         self.addCleanup(proc.stop)
-        old = Session(self.port, "mail.alpha.test")
+        old = Session(self.port, client_context(PKI["ca"]), "mail.alpha.test")
         self.addCleanup(old.close)
         self.assertEqual(old.greeting, b"A\r\n")
         self.assertEqual(self.greeting("mail.other.test"), b"C\r\n")

@@ -1,6 +1,5 @@
 /* Unit tests for proxy/routes.c: the name rules (exact, then one-label wildcard, by protocol),
- * ownership of the routes taken out of the conf, a 100,000-name map, and snapshots that stay
- * valid for their holders after a newer one is published. */
+ * ownership of the routes taken out of the conf, and a 100,000-name map. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -126,27 +125,6 @@ static void test_many(void)
     routes_unref(r);
 }
 
-/* A connection's snapshot stays whole after a reload publishes another (ASan would see a
- * use after free here). */
-static void test_current(void)
-{
-    struct conf *c1 = load("routes = ( { names = [ \"mail.alpha.test\" ]; imap = \"10.0.0.1:143\"; } );\n");
-    struct conf *c2 = load("routes = ( { names = [ \"mail.alpha.test\" ]; imap = \"10.0.0.9:143\"; } );\n");
-    struct routes_current *cur = routes_current_new(routes_new(c1));
-    conf_free(c1);
-
-    struct routes *held = routes_current_get(cur);
-    const struct conf_route *route = routes_lookup(held, "mail.alpha.test", CONF_PROTO_IMAP);
-    routes_current_set(cur, routes_new(c2));
-    conf_free(c2);
-    CHECK(route && strcmp(route->backends[CONF_PROTO_IMAP][0].text, "10.0.0.1:143") == 0);
-    struct routes *now = routes_current_get(cur);
-    CHECK_STR(backend_of(now, "mail.alpha.test", CONF_PROTO_IMAP), "10.0.0.9:143");
-    routes_unref(now);
-    routes_unref(held);
-    routes_current_free(cur);
-}
-
 int main(void)
 {
     char tmpl[] = "/tmp/test_routes_XXXXXX";
@@ -155,7 +133,6 @@ int main(void)
     test_name_rules();
     test_no_routes();
     test_many();
-    test_current();
     rmdir(dir);
     return check_report("test_routes");
 }
