@@ -374,6 +374,10 @@ int conf_load(const char *path, struct conf **out, char **errors)
     parse_root(&ctx, conf, config_root_setting(&cfg));
     if (ctx.oom || ctx.n_msgs)
         goto fail;
+    conf->includes = ctx.includes;
+    conf->n_includes = ctx.n_includes;
+    ctx.includes = NULL;
+    ctx.n_includes = 0;
 
     config_destroy(&cfg);
     free(ctx.dir);
@@ -385,6 +389,9 @@ fail:
         config_destroy(&cfg);
     conf_free(conf);
     free(ctx.dir);
+    for (size_t i = 0; i < ctx.n_includes; i++)
+        free(ctx.includes[i]);
+    free(ctx.includes);
     text = conf_errors_take(&ctx);
     conf_errors_free(&ctx);
     if (ctx.oom) {
@@ -438,6 +445,7 @@ void conf_free(struct conf *conf)
     free(conf->listeners);
     conf_routes_free(conf->routes, conf->n_routes);
     free_strv(conf->domains, conf->n_domains);
+    free_strv(conf->includes, conf->n_includes);
     free(conf);
 }
 

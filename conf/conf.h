@@ -100,6 +100,8 @@ struct conf {
     size_t n_routes;
     char **domains;                       /* customer domains: lower-cased, no trailing dot, unique */
     size_t n_domains;
+    char **includes;                      /* files @included (absolute paths), for the watcher */
+    size_t n_includes;
 };
 
 /* Reads and validates PATH. On success returns 0 and sets *out. On failure returns -EINVAL (or

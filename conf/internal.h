@@ -22,6 +22,8 @@ struct conf_ctx {
     struct conf_msg *msgs;      /* what went wrong, in the order it was found */
     size_t n_msgs, cap_msgs;
     bool oom;                   /* an allocation failed: the result is -ENOMEM whatever else */
+    char **includes;            /* every file @included, absolute (handed to the conf) */
+    size_t n_includes;
 };
 
 /* value.c: error reporting. LINE 0 leaves the line out, for messages about the whole file. */

@@ -132,6 +132,19 @@ static int seen_before(struct scan *sc, const struct stat *st)
 
 static int scan_text(struct scan *sc, const char *file, const char *buf, size_t len, int depth);
 
+/* Keeps *PATH (taken over) in the list of included files: the file watcher watches them too,
+ * so an edit to an @included domain list reloads like an edit to the main file. */
+static int remember_include(struct conf_ctx *ctx, char **path)
+{
+    char **p = realloc(ctx->includes, (ctx->n_includes + 1) * sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    ctx->includes = p;
+    ctx->includes[ctx->n_includes++] = *path;
+    *path = NULL;
+    return 0;
+}
+
 /* One @include target: refused if libconfig could not read it safely, scanned if it can. */
 static int check_include(struct scan *sc, const char *file, unsigned line, const char *target,
                          int depth)
@@ -170,6 +183,8 @@ static int check_include(struct scan *sc, const char *file, unsigned line, const
         goto out;
     }
     rc = seen_before(sc, &st);
+    if (rc == 0)
+        rc = remember_include(ctx, &path);
     if (rc < 0)
         conf_oom(ctx);
     else if (rc == 0 && depth < MAX_DEPTH)

@@ -151,24 +151,47 @@ static void on_connection(uv_stream_t *server, int status)
     uv_read_start((uv_stream_t *)&a->tcp, on_alloc, on_read);
 }
 
+static void on_admin_closed(uv_handle_t *h);
+
+/* The endpoint on CONF's admin address, listening; NULL (logged) when it cannot bind. */
+static struct admin *admin_open(struct server *srv, const struct conf *conf)
+{
+    struct admin *adm = calloc(1, sizeof *adm);
+    if (!adm)
+        return NULL;
+    adm->srv = srv;
+    uv_tcp_init(srv->loop, &adm->listener);
+    adm->listener.data = adm;
+    int r = uv_tcp_bind(&adm->listener, (const struct sockaddr *)&conf->admin.ss, 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&adm->listener, 64, on_connection);
+    if (r < 0) {
+        log_err("%s: admin %s: %s", conf->path, conf->admin.text, uv_strerror(r));
+        uv_close((uv_handle_t *)&adm->listener, on_admin_closed);
+        return NULL;
+    }
+    return adm;
+}
+
 int admin_start(struct server *srv)
 {
     if (!srv->conf->has_admin)
         return 0;
-    struct admin *adm = calloc(1, sizeof *adm);
-    if (!adm)
+    srv->admin = admin_open(srv, srv->conf);
+    return srv->admin ? 0 : -1;
+}
+
+int admin_replace(struct server *srv, const struct conf *old, const struct conf *new)
+{
+    if (old->has_admin == new->has_admin &&
+        (!new->has_admin || (old->admin.len == new->admin.len &&
+                             memcmp(&old->admin.ss, &new->admin.ss, new->admin.len) == 0)))
+        return 0;
+    struct admin *adm = NULL;
+    if (new->has_admin && !(adm = admin_open(srv, new)))
         return -1;
-    adm->srv = srv;
-    uv_tcp_init(srv->loop, &adm->listener);
-    adm->listener.data = adm;
+    admin_stop(srv);
     srv->admin = adm;
-    int r = uv_tcp_bind(&adm->listener, (const struct sockaddr *)&srv->conf->admin.ss, 0);
-    if (r == 0)
-        r = uv_listen((uv_stream_t *)&adm->listener, 64, on_connection);
-    if (r < 0) {
-        log_err("%s: admin %s: %s", srv->conf->path, srv->conf->admin.text, uv_strerror(r));
-        return -1;
-    }
     return 0;
 }
 

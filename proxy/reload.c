@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "proxy/admin.h"
 #include "proxy/generation.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
@@ -104,10 +105,6 @@ static void warn_fixed_settings(const struct conf *old, const struct conf *new)
     if (!same_str(old->user, new->user) || !same_str(old->group, new->group))
         log_warning("reload: user/group (%s/%s) take effect at the next restart or upgrade (SIGUSR2)",
                     new->user ? new->user : "-", new->group ? new->group : "-");
-    if (old->has_admin != new->has_admin ||
-        (new->has_admin && strcmp(old->admin.text, new->admin.text) != 0))
-        log_warning("reload: admin = \"%s\" takes effect at the next restart or upgrade (SIGUSR2)",
-                    new->has_admin ? new->admin.text : "");
 }
 
 static void finish(uv_work_t *work, int status)
@@ -119,7 +116,8 @@ static void finish(uv_work_t *work, int status)
         log_lines(CONF_LOG_WARNING, r->warnings);
         /* New addresses are bound here, before anything changes: a port that is taken fails
          * the reload as a whole. */
-        if (r->gen && gen_attach_slots(r->gen, srv->gen, srv->n_workers, &r->errors) < 0) {
+        if (r->gen && (gen_attach_slots(r->gen, srv->gen, srv->n_workers, &r->errors) < 0 ||
+                       admin_replace(srv, srv->conf, r->gen->conf) < 0)) {
             cs_store_unref(r->store);
             r->store = NULL;
         }

@@ -113,6 +113,8 @@ static struct watched *collect(const struct conf *conf, size_t *count)
 {
     struct pathset set = { 0 };
     add_file(&set, conf->path);
+    for (size_t i = 0; i < conf->n_includes; i++)
+        add_file(&set, conf->includes[i]);
     add_file(&set, conf->tls.default_cert);
     add_file(&set, conf->tls.default_key);
     for (size_t i = 0; i < conf->n_certs; i++) {

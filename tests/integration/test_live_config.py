@@ -199,6 +199,45 @@ class LiveConfig(Base):
         self.assertEqual(session(p_imaps).greeting, b"A\r\n")
         self.assertRegex(self.metrics(), r"mailsnid_config_generation 1\b")
 
+    def test_admin_address_moves_on_reload(self):
+        p_imaps = free_port()
+        proc = MailsnidProcess(self.config([("imaps", p_imaps, "A", "")]), self.dir).start(
+            [p_imaps, self.admin])
+        self.addCleanup(proc.stop)
+        old_admin, self.admin = self.admin, free_port()
+        self.reload(proc, self.config([("imaps", p_imaps, "A", "")]), r"reload \(.*\): generation 2")
+        self.assertRegex(self.metrics(), r"mailsnid_config_generation 2\b")
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", old_admin), timeout=2).close()
+        # An admin address that cannot be bound fails the reload and keeps the endpoint.
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        current, self.admin = self.admin, taken.getsockname()[1]
+        self.reload(proc, self.config([("imaps", p_imaps, "B", "")]), r"reload \(.*\) failed")
+        self.admin = current
+        self.assertRegex(self.metrics(), r"mailsnid_config_generation 2\b")
+        self.assertEqual(session(p_imaps).greeting, b"A\r\n")
+
+    def test_an_edit_to_an_included_file_reloads_by_itself(self):
+        p_imaps = free_port()
+        routes = os.path.join(self.dir, "routes.cfg")
+
+        def write_routes(letter: str) -> None:
+            with open(routes + ".new", "w") as f:
+                f.write(f'routes = ( {{ names = [ "mail.alpha.test" ]; imap = "{self.backend[letter].addr}"; }} );\n')
+            os.replace(routes + ".new", routes)
+
+        write_routes("B")
+        proc = MailsnidProcess(self.config([("imaps", p_imaps, "A", "")], routes='@include "routes.cfg"'),
+                               self.dir).start([p_imaps, self.admin])
+        self.addCleanup(proc.stop)
+        self.assertEqual(session(p_imaps, sni="mail.alpha.test").greeting, b"B\r\n")
+        write_routes("C")
+        proc.wait_log(r"reload \(files changed\): generation 2", timeout=10)
+        self.assertEqual(session(p_imaps, sni="mail.alpha.test").greeting, b"C\r\n")
+
 
 if __name__ == "__main__":
     unittest.main()
