@@ -205,6 +205,31 @@ def _port_free(host: str, port: int) -> bool:
         s.close()
 
 
+def searchable_by_all(path: str) -> bool:
+    """Whether users other than the owner can reach `path`: every directory from / down to it
+    has the search bit for others. Not so under a 0700 home (Debian's /root, and every home
+    since Debian 12), where a checkout or a TMPDIR often is."""
+    d = os.path.realpath(path)
+    while True:
+        if not os.stat(d).st_mode & 0o001:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
+
+
+def shared_tempdir(prefix: str) -> str:
+    """A new directory (0755) that unprivileged daemons can reach -- Dovecot's and Postfix's
+    users, a proxy after its privilege drop: under the temp dir if others can reach it, else
+    under /tmp. Never under the checkout."""
+    base = tempfile.gettempdir()
+    if not searchable_by_all(base):
+        base = "/tmp"
+    d = tempfile.mkdtemp(prefix=prefix, dir=base)
+    os.chmod(d, 0o755)
+    return d
+
+
 def find_free_base(host: str = DEFAULT_HOST, span: int = PORT_SPAN, seed: str = "") -> int:
     """A base port whose whole block [base, base+span) is free on `host`.
 
