@@ -218,14 +218,17 @@ def searchable_by_all(path: str) -> bool:
         d = os.path.dirname(d)
 
 
+def shared_tmp_root() -> str:
+    """The temp dir if others can reach it, else /tmp: a TMPDIR in a private place (a 0700
+    home, pam_tmpdir's /tmp/user/0) would hide test files from the daemons' users."""
+    base = tempfile.gettempdir()
+    return base if searchable_by_all(base) else "/tmp"
+
+
 def shared_tempdir(prefix: str) -> str:
     """A new directory (0755) that unprivileged daemons can reach -- Dovecot's and Postfix's
-    users, a proxy after its privilege drop: under the temp dir if others can reach it, else
-    under /tmp. Never under the checkout."""
-    base = tempfile.gettempdir()
-    if not searchable_by_all(base):
-        base = "/tmp"
-    d = tempfile.mkdtemp(prefix=prefix, dir=base)
+    users, a proxy after its privilege drop. Never under the checkout."""
+    d = tempfile.mkdtemp(prefix=prefix, dir=shared_tmp_root())
     os.chmod(d, 0o755)
     return d
 

@@ -9,22 +9,29 @@ ports taken, and twice at once (two test suites on one host)."""
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
-from mailsnid_runner import MAILSNID, ROOT
+from mailsnid_runner import HERE, MAILSNID, ROOT, hold_ports
 
 DEMO_PORTS = [10993, 10143, 10995, 10110, 10465, 10587, 10025, 10443, 19180]
 
 
-def run_check(root: str = ROOT) -> subprocess.CompletedProcess:
+def run_check(root: str = ROOT, **env) -> subprocess.CompletedProcess:
     """demo.py --check from `root` (scripts/demo.sh adds only deps and make, done already)."""
     return subprocess.run(["python3", os.path.join(root, "scripts", "demo.py"), "--check"],
                           cwd=root, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, MAILSNID=MAILSNID))
+                          env=dict(os.environ, MAILSNID=MAILSNID, **env))
+
+
+def private_home(test: unittest.TestCase) -> str:
+    """A 0700 directory outside the temp dir, like Debian's /root (and every home since 12)."""
+    home = tempfile.mkdtemp(prefix="home-", dir=os.path.join(ROOT, "build"))
+    test.addCleanup(shutil.rmtree, home, True)
+    os.chmod(home, 0o700)
+    return home
 
 
 class Demo(unittest.TestCase):
@@ -50,28 +57,32 @@ class Demo(unittest.TestCase):
     def test_check_from_a_clone_in_a_private_home(self):
         # A clone in /root (0700; every home since Debian 12 too): Dovecot's and Postfix's
         # users cannot enter it, so nothing they use may live there.
-        home = tempfile.mkdtemp(prefix="home-", dir=os.path.join(ROOT, "build"))
-        self.addCleanup(shutil.rmtree, home, True)
-        os.chmod(home, 0o700)
+        # users cannot enter it, so nothing they use may live there; nor in a TMPDIR there.
+        home = private_home(self)
         clone = os.path.join(home, "mailsnid")
         for sub in ("scripts", os.path.join("tests", "harness")):
             shutil.copytree(os.path.join(ROOT, sub), os.path.join(clone, sub),
                             ignore=shutil.ignore_patterns("__pycache__"))
-        r = run_check(clone)
+        os.mkdir(os.path.join(home, "tmp"), 0o700)
+        r = run_check(clone, TMPDIR=os.path.join(home, "tmp"))
         self.assertPassed(r)
         self.assertFalse(os.path.exists(os.path.join(clone, "demo")))
         self.assertEqual(os.stat(home).st_mode & 0o777, 0o700)
 
+    def test_suite_files_reachable_with_a_private_tmpdir(self):
+        # mailsnid re-reads its config and keys after dropping to nobody: the suite's temp
+        # files must be where nobody can reach them even when TMPDIR is private
+        # (pam_tmpdir's /tmp/user/0, a TMPDIR in /root).
+        tmp = os.path.join(private_home(self), "tmp")
+        os.mkdir(tmp, 0o700)
+        r = subprocess.run(["python3", "-m", "unittest", "discover", "-s", HERE,
+                            "-p", "test_privs.py"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300, env=dict(os.environ, MAILSNID=MAILSNID, TMPDIR=tmp))
+        self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-6000:])
+        self.assertEqual(os.listdir(tmp), [])
+
     def test_check_passes_with_the_default_ports_taken(self):
-        held = []
-        for port in DEMO_PORTS:
-            s = socket.socket()
-            try:
-                s.bind(("127.0.0.1", port))
-                s.listen()
-                held.append(s)
-            except OSError:           # already taken by someone else: taken all the same
-                s.close()
+        held = hold_ports(DEMO_PORTS)
         self.addCleanup(lambda: [s.close() for s in held])
         self.assertPassed(run_check())
 
