@@ -605,7 +605,8 @@ class Demo:
         w = 78
         say()
         say(bold("=" * w))
-        say(bold(f" mailsnid demo is running (pid {self.proc.pid})"))
+        say(bold(f" mailsnid demo is running (demo pid {os.getpid()}, mailsnid pid "
+                 f"{self.proc.pid})"))
         say(bold("=" * w))
         say(f" files    {self.run}/  (config mailsnid.cfg, log mailsnid.log)")
         say(f" trust    {self.ca}  (every command below verifies against it, never -k)")
