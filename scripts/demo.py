@@ -521,7 +521,8 @@ class Demo:
         self.mb: B.MailBackends | None = None
         self.webmail: Webmail | None = None
         self.proc: subprocess.Popen | None = None
-        self.run = ""               # the demo's directory, made by start()
+        self.run = ""               # the demo's directory and what lies in it, set by start()
+        self.ca = self.log_path = self.cfg = ""
         self.ports: dict = {}
         self._log = None
 
