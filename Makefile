@@ -149,9 +149,18 @@ soak: all
 demo:
 	@scripts/demo.sh
 
+# The demo's own check: start it, run every command it prints, stop; fails if any does.
+demo-check:
+	@scripts/demo.sh --check
+
+# ---- the two commands above on a fresh Debian 12 chroot with the clone in /root (long; needs
+# root and the Debian mirror; not part of `make test`). See tests/fresh/chroot_check.sh.
+fresh-check:
+	tests/fresh/chroot_check.sh $(FRESH_ARGS)
+
 # ---- benchmarks against hitch, haproxy and stunnel (see bench/RESULTS.md).
 bench: all
 	@scripts/deps.sh bench
 	bench/run
 
-.PHONY: demo audit soak
+.PHONY: demo demo-check fresh-check audit soak

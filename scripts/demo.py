@@ -8,10 +8,16 @@ Run through scripts/demo.sh (`make demo`), which installs dependencies and build
     python3 scripts/demo.py --check    the same, then run every printed command, report each as
                                        OK/FAIL, stop, exit 0 only if all passed
 
-Everything lives in demo/run/ (git-ignored), recreated at each start:
+Everything lives in a new directory under the temp dir (/tmp/mailsnid-demo-XXXXXX, printed at
+start; never under the checkout, which may sit in a 0700 home that Dovecot's and Postfix's
+unprivileged users cannot enter):
     pki/          demo CA (ca.pem: what clients trust) and the server certificates
     backends/     Dovecot + Postfix (tests/harness/backends.py), their configs, logs, maildirs
-    mailsnid.cfg  mailsnid.log  webmail.log  hello-bob.eml
+    mailsnid.cfg  mailsnid.log  webmail.log  hello-bob.eml  demo.pid
+--check removes it when every command passed; otherwise it is kept for a look.
+
+Ports: the defaults below (10xxx, admin 19180) when they are all free; otherwise, and always with
+--check (the test suite runs it, maybe twice at once), a free block picked at start.
 
 Only the standard library and tests/harness/ are used.
 """
@@ -41,11 +47,12 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "harness"))
 import backends as B  # noqa: E402  (tests/harness)
 import certs as C  # noqa: E402
 
-RUN = os.path.join(ROOT, "demo", "run")
-REL_RUN = "demo/run"
 MAILSNID = os.environ.get("MAILSNID") or os.path.join(ROOT, "build", "mailsnid")
 LISTEN_HOST = "127.0.0.1"
-ADMIN_PORT = 19180
+# The demo's clients connect from this address, so that the backends' logs show an address that
+# only the PROXY header can have told them (mailsnid itself reaches them from 127.0.0.1).
+CLIENT_ADDR = "127.0.0.5"
+DEFAULT_ADMIN_PORT = 19180
 DRAIN_TIMEOUT = 5
 
 # name, port, protocol, tls, starttls, backend attribute (or "webmail"), PROXY to the backend
@@ -59,11 +66,10 @@ LISTENERS = [
     ("smtp",       10025, "smtp", "starttls", "optional", "smtp_haproxy_port",       "v2"),
     ("https",      10443, "http", "implicit", None,       "webmail",                 "v2"),
 ]
-PORT = {name: port for name, port, *_ in LISTENERS}
+DEFAULT_PORTS = {name: port for name, port, *_ in LISTENERS} | {"admin": DEFAULT_ADMIN_PORT}
 
 ALICE, ALICE_PW = "alice@alpha.test", B.USERS["alice@alpha.test"]
 BOB, BOB_PW = "bob@beta.test", B.USERS["bob@beta.test"]
-CA_REL = f"{REL_RUN}/pki/ca.pem"
 
 
 def say(msg: str = "") -> None:
@@ -206,9 +212,10 @@ def port_owner(port: int) -> str:
     return f" (held by {m.group(1)}, pid {m.group(2)})" if m else (f" ({out})" if out else "")
 
 
-def check_ports_free() -> None:
+def busy_ports(ports: dict) -> list[str]:
+    """One line per port of `ports` that cannot be bound on LISTEN_HOST, saying who holds it."""
     busy = []
-    for port in [p for _, p, *_ in LISTENERS] + [ADMIN_PORT]:
+    for port in ports.values():
         s = socket.socket()
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -217,9 +224,20 @@ def check_ports_free() -> None:
             busy.append(f"  {LISTEN_HOST}:{port}: {e.strerror}{port_owner(port)}")
         finally:
             s.close()
-    if busy:
-        raise DemoError("the demo's ports are not free (is another demo still running?):\n"
-                        + "\n".join(busy))
+    return busy
+
+
+def choose_ports(want_defaults: bool) -> dict:
+    """name -> port for every listener and "admin": the defaults when asked for and all free,
+    else a free block (the one the harness's backends use too, so parallel runs pick apart)."""
+    if want_defaults:
+        busy = busy_ports(DEFAULT_PORTS)
+        if not busy:
+            return dict(DEFAULT_PORTS)
+        say("demo: the default ports are not all free (another demo running?); using others:\n"
+            + "\n".join(busy))
+    base = B.find_free_base(LISTEN_HOST, seed=f"demo-{time.monotonic_ns()}")
+    return {name: base + i for i, name in enumerate(DEFAULT_PORTS)}
 
 
 def make_pki(d: str) -> dict:
@@ -234,15 +252,16 @@ def make_pki(d: str) -> dict:
     }
 
 
-def write_config(path: str, pki: dict, mb: B.MailBackends, webmail_addr: str) -> None:
+def write_config(path: str, pki: dict, mb: B.MailBackends, webmail_addr: str,
+                 ports: dict) -> None:
     def pair(leaf) -> str:
         return f'  {{ cert = "{leaf.fullchain}"; key = "{leaf.key}"; }}'
 
     lines = []
-    for name, port, proto, tls, starttls, backend, pp in LISTENERS:
+    for name, _, proto, tls, starttls, backend, pp in LISTENERS:
         addr = webmail_addr if backend == "webmail" else f"{mb.host}:{getattr(mb, backend)}"
         st = f' starttls = "{starttls}";' if starttls else ""
-        lines.append(f'  {{ name = "{name}"; listen = "{LISTEN_HOST}:{port}"; '
+        lines.append(f'  {{ name = "{name}"; listen = "{LISTEN_HOST}:{ports[name]}"; '
                      f'protocol = "{proto}"; tls = "{tls}";{st}\n'
                      f'    backend = "{addr}"; proxy_protocol = "{pp}"; }}')
     listeners = ",\n".join(lines)
@@ -250,7 +269,7 @@ def write_config(path: str, pki: dict, mb: B.MailBackends, webmail_addr: str) ->
 # Written by scripts/demo.py for `make demo`; recreated at every start.
 workers = 2;
 log = {{ level = "info"; target = "stderr"; }};
-admin = "127.0.0.1:{ADMIN_PORT}";
+admin = "127.0.0.1:{ports['admin']}";
 drain_timeout = {DRAIN_TIMEOUT};
 
 tls = {{
@@ -337,29 +356,30 @@ class Section:
     steps: list
 
 
-def curl_tls(host: str, port: int) -> str:
-    return f"curl --cacert {CA_REL} --resolve {host}:{port}:{LISTEN_HOST}"
-
-
-def openssl_sc(port: int, name: str | None, verify: str, extra: str = "") -> str:
-    sni = f"-servername {name}" if name else "-noservername"
-    return (f"openssl s_client -connect {LISTEN_HOST}:{port} {sni}{extra} -CAfile {CA_REL} "
-            f"-verify_hostname {verify} -verify_return_error -brief")
-
-
-def swaks(port: int, tls: str, sni: str, to: str, subject: str, body: str,
-          user: str | None = None, pw: str | None = None, sender: str | None = None) -> str:
-    auth = f" --auth PLAIN --auth-user {user} --auth-password {pw}" if user else ""
-    return (f"swaks --server {LISTEN_HOST}:{port} {tls} --tls-verify --tls-ca-path {CA_REL} "
-            f"--tls-sni {sni}{auth} --from {sender or user} --to {to} "
-            f"--header {shlex.quote('Subject: ' + subject)} --body {shlex.quote(body)}")
-
-
 def build_steps(ctx: "Demo") -> list[Section]:
-    mb = ctx.mb
+    mb, P, ca, run = ctx.mb, ctx.ports, ctx.ca, ctx.run
     rel_bin = os.path.relpath(MAILSNID, ROOT)
-    dlog = os.path.relpath(mb.dovecot_log_path, ROOT)
-    plog = os.path.relpath(mb.postfix_log_path, ROOT)
+    dlog, plog = mb.dovecot_log_path, mb.postfix_log_path
+    src = f"--interface {CLIENT_ADDR}"
+
+    def curl_tls(host: str, port: int) -> str:
+        return f"curl {src} --cacert {ca} --resolve {host}:{port}:{LISTEN_HOST}"
+
+    def curl_starttls(host: str, port: int) -> str:
+        return f"curl {src} --ssl-reqd --cacert {ca} --resolve {host}:{port}:{LISTEN_HOST}"
+
+    def openssl_sc(port: int, name: str | None, verify: str, extra: str = "") -> str:
+        sni = f"-servername {name}" if name else "-noservername"
+        return (f"openssl s_client -connect {LISTEN_HOST}:{port} {sni}{extra} -CAfile {ca} "
+                f"-verify_hostname {verify} -verify_return_error -brief")
+
+    def swaks(port: int, tls: str, sni: str, to: str, subject: str, body: str,
+              user: str | None = None, pw: str | None = None, sender: str | None = None) -> str:
+        auth = f" --auth PLAIN --auth-user {user} --auth-password {pw}" if user else ""
+        return (f"swaks --server {LISTEN_HOST}:{port} --local-interface {CLIENT_ADDR} {tls} "
+                f"--tls-verify --tls-ca-path {ca} --tls-sni {sni}{auth} --from {sender or user} "
+                f"--to {to} --header {shlex.quote('Subject: ' + subject)} "
+                f"--body {shlex.quote(body)}")
 
     def wait_mail(user: str, needle: str):
         return lambda: mb.wait_for_mail(user, timeout=15, contains=needle.encode())
@@ -372,118 +392,123 @@ def build_steps(ctx: "Demo") -> list[Section]:
             time.sleep(0.1)
         return "no reload line in mailsnid's log within 10 s"
 
-    s465 = "mailsnid demo: SMTPS on 10465"
-    s587 = "mailsnid demo: submission with STARTTLS on 10587"
-    b465 = "Hello alice, this went through mailsnid on port 10465 (TLS from the first byte)."
-    b587 = "Hello again alice, this one went through port 10587 after STARTTLS."
-    b25 = "Hello bob, an MTA delivered this through port 10025 with STARTTLS."
+    s465 = f"mailsnid demo: SMTPS on {P['smtps']}"
+    s587 = f"mailsnid demo: submission with STARTTLS on {P['submission']}"
+    b465 = (f"Hello alice, this went through mailsnid on port {P['smtps']} "
+            f"(TLS from the first byte).")
+    b587 = f"Hello again alice, this one went through port {P['submission']} after STARTTLS."
+    b25 = f"Hello bob, an MTA delivered this through port {P['smtp']} with STARTTLS."
+    client_rx = re.escape(CLIENT_ADDR)
 
     return [
         Section("Webmail over HTTPS (the page names the host; the table is mailsnid's PROXY v2 "
-                "header)", [
+                f"header; the client connects from {CLIENT_ADDR})", [
             Step("HTTPS webmail.alpha.test (exact name)",
-                 f"{curl_tls('webmail.alpha.test', PORT['https'])} "
-                 f"https://webmail.alpha.test:{PORT['https']}/",
+                 f"{curl_tls('webmail.alpha.test', P['https'])} "
+                 f"https://webmail.alpha.test:{P['https']}/",
                  [r"<h1>Webmail for webmail\.alpha\.test</h1>",
-                  r"authority \(SNI\)</td><td>webmail\.alpha\.test"]),
+                  r"authority \(SNI\)</td><td>webmail\.alpha\.test",
+                  rf"client</td><td>{client_rx}:\d+"]),
             Step("HTTPS webmail.beta.test (wildcard *.beta.test)",
-                 f"{curl_tls('webmail.beta.test', PORT['https'])} "
-                 f"https://webmail.beta.test:{PORT['https']}/",
+                 f"{curl_tls('webmail.beta.test', P['https'])} "
+                 f"https://webmail.beta.test:{P['https']}/",
                  [r"<h1>Webmail for webmail\.beta\.test</h1>"]),
         ]),
         Section("Which certificate each name gets", [
             Step("mail.beta.test gets the wildcard certificate",
-                 openssl_sc(PORT["imaps"], "mail.beta.test", "mail.beta.test"),
+                 openssl_sc(P["imaps"], "mail.beta.test", "mail.beta.test"),
                  [r"Peer certificate: CN ?= ?\*\.beta\.test", r"Verification: OK"],
                  note="prints the certificate it got; type `a LOGIN bob@beta.test bob-pass-2`, "
                       "Ctrl-D to leave"),
             Step("no SNI gets the default certificate (mail.hoster.test)",
-                 openssl_sc(PORT["imaps"], None, "mail.hoster.test"),
+                 openssl_sc(P["imaps"], None, "mail.hoster.test"),
                  [r"Peer certificate: CN ?= ?mail\.hoster\.test", r"Verification: OK"]),
             Step("an RSA-only client gets alpha's RSA certificate",
-                 openssl_sc(PORT["imaps"], "mail.alpha.test", "mail.alpha.test",
+                 openssl_sc(P["imaps"], "mail.alpha.test", "mail.alpha.test",
                             " -sigalgs RSA-PSS+SHA256:RSA+SHA256 -tls1_2"),
                  [r"Peer certificate: CN ?= ?mail\.alpha\.test", r"Verification: OK",
                   r"Ciphersuite: ECDHE-RSA-"]),
             Step("submission: STARTTLS, then the name is checked",
-                 openssl_sc(PORT["submission"], "mail.alpha.test", "mail.alpha.test",
+                 openssl_sc(P["submission"], "mail.alpha.test", "mail.alpha.test",
                             " -starttls smtp"),
                  [r"Peer certificate: CN ?= ?mail\.alpha\.test", r"Verification: OK"]),
         ]),
         Section("Send mail (swaks checks the chain against the demo CA; this swaks version "
                 "cannot check the name, the curl line and the openssl line above do)", [
-            Step("swaks: SMTPS 10465 with AUTH, alice -> alice",
-                 swaks(PORT["smtps"], "--tlsc", "mail.alpha.test", ALICE, s465, b465,
+            Step(f"swaks: SMTPS {P['smtps']} with AUTH, alice -> alice",
+                 swaks(P["smtps"], "--tlsc", "mail.alpha.test", ALICE, s465, b465,
                        ALICE, ALICE_PW),
                  [r"<~ +250 2\.0\.0 Ok: queued", r"~> QUIT"]),
-            Step("swaks: submission 10587, STARTTLS required, alice -> alice",
-                 swaks(PORT["submission"], "--tls", "mail.alpha.test", ALICE, s587, b587,
+            Step(f"swaks: submission {P['submission']}, STARTTLS required, alice -> alice",
+                 swaks(P["submission"], "--tls", "mail.alpha.test", ALICE, s587, b587,
                        ALICE, ALICE_PW),
                  [r"<- +220 .*(TLS|Ready)", r"<~ +250 2\.0\.0 Ok: queued"]),
-            Step("curl: submission 10587 with STARTTLS and hostname check, alice -> bob",
-                 f"curl --ssl-reqd --cacert {CA_REL} --resolve "
-                 f"mail.alpha.test:{PORT['submission']}:{LISTEN_HOST} "
+            Step(f"curl: submission {P['submission']} with STARTTLS and hostname check, "
+                 "alice -> bob",
+                 f"{curl_starttls('mail.alpha.test', P['submission'])} "
                  f"-u {ALICE}:{ALICE_PW} --mail-from {ALICE} --mail-rcpt {BOB} "
-                 f"-T {REL_RUN}/hello-bob.eml smtp://mail.alpha.test:{PORT['submission']}",
-                 [], note=f"{REL_RUN}/hello-bob.eml is a ready-made message"),
-            Step("swaks: port 10025 as an MTA (no AUTH, STARTTLS optional), -> bob",
-                 swaks(PORT["smtp"], "--tls", "mail.beta.test", BOB,
-                       "mailsnid demo: MTA on 10025", b25, sender="postmaster@example.org"),
+                 f"-T {run}/hello-bob.eml smtp://mail.alpha.test:{P['submission']}",
+                 [], note=f"{run}/hello-bob.eml is a ready-made message"),
+            Step(f"swaks: port {P['smtp']} as an MTA (no AUTH, STARTTLS optional), -> bob",
+                 swaks(P["smtp"], "--tls", "mail.beta.test", BOB,
+                       f"mailsnid demo: MTA on {P['smtp']}", b25,
+                       sender="postmaster@example.org"),
                  [r"<~ +250 2\.0\.0 Ok: queued"]),
         ]),
         Section("Read it back", [
-            Step("IMAPS 10993: alice's first message",
-                 f"{curl_tls('mail.alpha.test', PORT['imaps'])} -u {ALICE}:{ALICE_PW} "
-                 f"'imaps://mail.alpha.test:{PORT['imaps']}/INBOX;UID=1'",
+            Step(f"IMAPS {P['imaps']}: alice's first message",
+                 f"{curl_tls('mail.alpha.test', P['imaps'])} -u {ALICE}:{ALICE_PW} "
+                 f"'imaps://mail.alpha.test:{P['imaps']}/INBOX;UID=1'",
                  [re.escape(s465), re.escape(b465)], before=wait_mail(ALICE, b465)),
-            Step("IMAP 10143 with STARTTLS: alice's second message",
-                 f"curl --ssl-reqd --cacert {CA_REL} --resolve "
-                 f"mail.alpha.test:{PORT['imap']}:{LISTEN_HOST} -u {ALICE}:{ALICE_PW} "
-                 f"'imap://mail.alpha.test:{PORT['imap']}/INBOX;UID=2'",
+            Step(f"IMAP {P['imap']} with STARTTLS: alice's second message",
+                 f"{curl_starttls('mail.alpha.test', P['imap'])} -u {ALICE}:{ALICE_PW} "
+                 f"'imap://mail.alpha.test:{P['imap']}/INBOX;UID=2'",
                  [re.escape(s587), re.escape(b587)], before=wait_mail(ALICE, b587)),
-            Step("POP3S 10995 (wildcard name): bob's first message",
-                 f"{curl_tls('mail.beta.test', PORT['pop3s'])} -u {BOB}:{BOB_PW} "
-                 f"pop3s://mail.beta.test:{PORT['pop3s']}/1",
-                 [r"Subject: mailsnid demo: curl through 10587"],
-                 before=wait_mail(BOB, "curl through 10587")),
-            Step("POP3 10110 with STLS: list bob's messages",
-                 f"curl --ssl-reqd --cacert {CA_REL} --resolve "
-                 f"mail.beta.test:{PORT['pop3']}:{LISTEN_HOST} -u {BOB}:{BOB_PW} "
-                 f"pop3://mail.beta.test:{PORT['pop3']}/",
+            Step(f"POP3S {P['pop3s']} (wildcard name): bob's first message",
+                 f"{curl_tls('mail.beta.test', P['pop3s'])} -u {BOB}:{BOB_PW} "
+                 f"pop3s://mail.beta.test:{P['pop3s']}/1",
+                 [r"Subject: mailsnid demo: curl through \d+"],
+                 before=wait_mail(BOB, "mailsnid demo: curl through")),
+            Step(f"POP3 {P['pop3']} with STLS: list bob's messages",
+                 f"{curl_starttls('mail.beta.test', P['pop3'])} -u {BOB}:{BOB_PW} "
+                 f"pop3://mail.beta.test:{P['pop3']}/",
                  [r"(?m)^1 \d+\r?$", r"(?m)^2 \d+\r?$"], before=wait_mail(BOB, b25)),
-            Step("Dovecot saw the real client, 'secured', and the SNI name",
+            Step(f"Dovecot saw the real client ({CLIENT_ADDR}; mailsnid itself connects from "
+                 f"{LISTEN_HOST}), 'secured', and the SNI name",
                  f"grep -h 'Login:' {dlog}",
-                 [r"user=<alice@alpha\.test>.*rip=127\.0\.0\.1.*secured.*"
+                 [rf"user=<alice@alpha\.test>.*rip={client_rx},.*secured.*"
                   r"local_name=mail\.alpha\.test",
-                  r"user=<bob@beta\.test>.*secured.*local_name=mail\.beta\.test"]),
-            Step("Postfix saw the real client address",
+                  rf"user=<bob@beta\.test>.*rip={client_rx},.*secured.*"
+                  r"local_name=mail\.beta\.test"]),
+            Step(f"Postfix saw the real client address ({CLIENT_ADDR})",
                  f"grep -h 'connect from' {plog}",
-                 [r"postfix/submission-haproxy/smtpd\[\d+\]: connect from \S*\[127\.0\.0\.1\]",
-                  r"postfix/smtp-haproxy/smtpd\[\d+\]: connect from \S*\[127\.0\.0\.1\]"]),
+                 [rf"postfix/submission-haproxy/smtpd\[\d+\]: connect from \S*\[{client_rx}\]",
+                  rf"postfix/smtp-haproxy/smtpd\[\d+\]: connect from \S*\[{client_rx}\]"]),
         ]),
         Section("Operate it", [
             Step("the SNI map",
-                 f"{rel_bin} --certs -c {REL_RUN}/mailsnid.cfg",
+                 f"{rel_bin} --certs -c {run}/mailsnid.cfg",
                  [r"(?m)^\*\.beta\.test\s+wildcard\s", r"(?m)^mail\.alpha\.test\s+exact\s",
                   r"(?m)^\S+\s+default\s+\S*hoster"]),
             Step("metrics",
-                 f"curl -s http://127.0.0.1:{ADMIN_PORT}/metrics",
+                 f"curl -s http://127.0.0.1:{P['admin']}/metrics",
                  [r"mailsnid_connections_total", r"mailsnid_sni_selections_total"]),
             Step("health",
-                 f"curl -s -i http://127.0.0.1:{ADMIN_PORT}/healthz", [r"^HTTP/1\.[01] 200"]),
+                 f"curl -s -i http://127.0.0.1:{P['admin']}/healthz", [r"^HTTP/1\.[01] 200"]),
             Step("reload certificates and config without dropping connections",
                  f"kill -HUP {ctx.proc.pid}", [], after=wait_reload,
-                 note=f"then: grep reload {REL_RUN}/mailsnid.log"),
-            Step("the per-connection log", f"tail -n 5 {REL_RUN}/mailsnid.log", [],
-                 note=f"tail -f {REL_RUN}/mailsnid.log to watch it live"),
+                 note=f"then: grep reload {run}/mailsnid.log"),
+            Step("the per-connection log", f"tail -n 5 {run}/mailsnid.log", [],
+                 note=f"tail -f {run}/mailsnid.log to watch it live"),
         ]),
     ]
 
 
-BOB_EML = ("From: alice@alpha.test\r\nTo: bob@beta.test\r\n"
-           "Subject: mailsnid demo: curl through 10587\r\n\r\n"
-           "Hello bob, curl sent this through port 10587 after STARTTLS,\r\n"
-           "having checked that the certificate is mail.alpha.test's.\r\n")
+def bob_eml(port: int) -> str:
+    return ("From: alice@alpha.test\r\nTo: bob@beta.test\r\n"
+            f"Subject: mailsnid demo: curl through {port}\r\n\r\n"
+            f"Hello bob, curl sent this through port {port} after STARTTLS,\r\n"
+            "having checked that the certificate is mail.alpha.test's.\r\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,41 +516,59 @@ BOB_EML = ("From: alice@alpha.test\r\nTo: bob@beta.test\r\n"
 # ----------------------------------------------------------------------------------------------
 
 class Demo:
-    def __init__(self) -> None:
+    def __init__(self, check: bool) -> None:
+        self.check = check
         self.mb: B.MailBackends | None = None
         self.webmail: Webmail | None = None
         self.proc: subprocess.Popen | None = None
-        self.log_path = os.path.join(RUN, "mailsnid.log")
-        self.cfg = os.path.join(RUN, "mailsnid.cfg")
+        self.run = ""               # the demo's directory and what lies in it, set by start()
+        self.ca = self.log_path = self.cfg = ""
+        self.ports: dict = {}
         self._log = None
 
     def start(self) -> None:
         if not os.access(MAILSNID, os.X_OK):
             raise DemoError(f"{MAILSNID} is missing: run `make` (scripts/demo.sh does)")
-        check_ports_free()
-        # Leftover daemons of a killed earlier demo are swept by MailBackends.start() (it finds
-        # them by a marker derived from its directory), so the directory can go first.
-        shutil.rmtree(RUN, ignore_errors=True)
-        os.makedirs(RUN)
+        # --check runs inside test suites, maybe two at once: never the fixed ports there.
+        self.ports = choose_ports(want_defaults=not self.check)
+        # Not under the checkout: Dovecot's and Postfix's unprivileged users must reach it.
+        self.run = B.shared_tempdir("mailsnid-demo-")
+        self.ca = os.path.join(self.run, "pki", "ca.pem")
+        self.log_path = os.path.join(self.run, "mailsnid.log")
+        self.cfg = os.path.join(self.run, "mailsnid.cfg")
+        with open(os.path.join(self.run, "demo.pid"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+        say(f"demo: files in {self.run}")
         say("demo: making the demo CA and certificates ...")
-        self.pki = make_pki(os.path.join(RUN, "pki"))
-        with open(os.path.join(RUN, "hello-bob.eml"), "w") as f:
-            f.write(BOB_EML)
+        self.pki = make_pki(os.path.join(self.run, "pki"))
+        with open(os.path.join(self.run, "hello-bob.eml"), "w") as f:
+            f.write(bob_eml(self.ports["submission"]))
         say("demo: starting Dovecot and Postfix ...")
-        self.mb = B.MailBackends(os.path.join(RUN, "backends"), strict=True).start()
-        self.webmail = Webmail(self.mb.host, os.path.join(RUN, "webmail.log"))
-        write_config(self.cfg, self.pki, self.mb, self.webmail.addr)
-        t = subprocess.run([MAILSNID, "-t", "-c", self.cfg], capture_output=True, text=True)
-        if t.returncode != 0:
-            raise DemoError(f"`mailsnid -t -c {self.cfg}` failed ({t.returncode}):\n"
-                            f"{t.stdout}{t.stderr}")
-        say("demo: starting mailsnid ...")
+        self.mb = B.MailBackends(os.path.join(self.run, "backends"), strict=True).start()
+        self.webmail = Webmail(self.mb.host, os.path.join(self.run, "webmail.log"))
         self._log = open(self.log_path, "ab")
-        # Its own session: a Ctrl-C in the terminal reaches only us, and we stop it in order.
-        self.proc = subprocess.Popen([MAILSNID, "-c", self.cfg], stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True, preexec_fn=set_pdeathsig)
-        wait_listening(self.proc, [p for _, p, *_ in LISTENERS] + [ADMIN_PORT], self.log_path)
+        for attempt in range(3):
+            write_config(self.cfg, self.pki, self.mb, self.webmail.addr, self.ports)
+            t = subprocess.run([MAILSNID, "-t", "-c", self.cfg], capture_output=True, text=True)
+            if t.returncode != 0:
+                raise DemoError(f"`mailsnid -t -c {self.cfg}` failed ({t.returncode}):\n"
+                                f"{t.stdout}{t.stderr}")
+            say("demo: starting mailsnid ...")
+            # Own session: a Ctrl-C in the terminal reaches only us, and we stop it in order.
+            self.proc = subprocess.Popen([MAILSNID, "-c", self.cfg], stdin=subprocess.DEVNULL,
+                                         stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                         start_new_session=True, preexec_fn=set_pdeathsig)
+            try:
+                wait_listening(self.proc, list(self.ports.values()), self.log_path)
+                break
+            except DemoError:
+                # A port picked free can be taken before mailsnid binds it (a parallel test
+                # suite): pick others. The defaults a person asked for are not changed.
+                if (self.proc.poll() is None or attempt == 2
+                        or "in use" not in tail(self.log_path, 20)):
+                    raise
+                say("demo: a port was taken meanwhile; picking others")
+                self.ports = choose_ports(want_defaults=False)
         self.webmail.start()
 
     def stop(self) -> list[str]:
@@ -563,22 +606,28 @@ class Demo:
         w = 78
         say()
         say(bold("=" * w))
-        say(bold(f" mailsnid demo is running (pid {self.proc.pid})"))
+        say(bold(f" mailsnid demo is running (demo pid {os.getpid()}, mailsnid pid "
+                 f"{self.proc.pid})"))
         say(bold("=" * w))
-        say(f" config   {REL_RUN}/mailsnid.cfg        log  {REL_RUN}/mailsnid.log")
-        say(f" trust    {CA_REL}  (every command below verifies against it, never -k)")
-        say(" listeners on 127.0.0.1 -> backends on 127.0.0.2, all with PROXY protocol v2:")
+        say(f" files    {self.run}/  (config mailsnid.cfg, log mailsnid.log)")
+        say(f" trust    {self.ca}  (every command below verifies against it, never -k)")
+        say(f" stop     Ctrl-C here, or from another shell: kill {os.getpid()}"
+            f"   (= kill $(cat {self.run}/demo.pid))")
+        say(f" listeners on {LISTEN_HOST} -> backends on {mb.host}, all with PROXY protocol v2;"
+            f" the commands")
+        say(f" connect from {CLIENT_ADDR}, the address the backends then log:")
         labels = {"imaps": "IMAPS", "imap": "IMAP + STARTTLS", "pop3s": "POP3S",
                   "pop3": "POP3 + STLS", "smtps": "SMTPS (submission)",
                   "submission": "submission, STARTTLS required", "smtp": "SMTP (MTA), STARTTLS "
                   "optional", "https": "HTTPS"}
-        for name, port, proto, tls, st, backend, pp in LISTENERS:
+        for name, _, proto, tls, st, backend, pp in LISTENERS:
+            port = self.ports[name]
             target = ("webmail stand-in" if backend == "webmail" else
                       ("Dovecot" if proto in ("imap", "pop3") else "Postfix"))
             addr = self.webmail.addr if backend == "webmail" else \
                 f"{mb.host}:{getattr(mb, backend)}"
             say(f"   {port:<6} {labels[name]:<34} -> {target} {addr}")
-        say(f"   {ADMIN_PORT:<6} admin: /metrics /healthz")
+        say(f"   {self.ports['admin']:<6} admin: /metrics /healthz")
         say(" certificates:")
         say("   mail.alpha.test webmail.alpha.test   exact, ECDSA + RSA")
         say("   *.beta.test                          wildcard, ECDSA")
@@ -669,7 +718,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, on_term)
 
     t0 = time.monotonic()
-    demo = Demo()
+    demo = Demo(args.check)
     ok = False
     try:
         demo.start()
@@ -704,6 +753,11 @@ def main() -> int:
             say(f"demo: stopped everything in {time.monotonic() - t_stop:.1f} s"
                 + ("" if problems else ", no processes left")
                 + f" (whole run {time.monotonic() - t0:.1f} s)")
+        if demo.run:
+            if args.check and ok:
+                shutil.rmtree(demo.run, ignore_errors=True)
+            else:
+                say(f"demo: its files stay in {demo.run} (rm -r it when done)")
     if args.check:
         say(f"demo --check: {'PASSED' if ok else 'FAILED'}")
     return 0 if ok else 1

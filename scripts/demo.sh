@@ -8,14 +8,15 @@
 #                              exit 0 only if all passed (what the test suite calls)
 #
 # Installs missing Debian packages (scripts/deps.sh) and builds first. Needs root for Postfix
-# (re-runs the Python part with sudo otherwise). Everything it writes goes to demo/run/.
+# (re-runs the Python part with sudo otherwise). Its files go to a new /tmp/mailsnid-demo-XXXXXX
+# (printed; not under the checkout, which Dovecot's and Postfix's users may not reach).
 # MAILSNID=path/to/binary uses another build (e.g. build-san/mailsnid) instead of build/mailsnid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 case "${1:-}" in
   ""|--check) ;;
-  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
 

@@ -205,6 +205,34 @@ def _port_free(host: str, port: int) -> bool:
         s.close()
 
 
+def searchable_by_all(path: str) -> bool:
+    """Whether users other than the owner can reach `path`: every directory from / down to it
+    has the search bit for others. Not so under a 0700 home (Debian's /root, and every home
+    since Debian 12), where a checkout or a TMPDIR often is."""
+    d = os.path.realpath(path)
+    while True:
+        if not os.stat(d).st_mode & 0o001:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
+
+
+def shared_tmp_root() -> str:
+    """The temp dir if others can reach it, else /tmp: a TMPDIR in a private place (a 0700
+    home, pam_tmpdir's /tmp/user/0) would hide test files from the daemons' users."""
+    base = tempfile.gettempdir()
+    return base if searchable_by_all(base) else "/tmp"
+
+
+def shared_tempdir(prefix: str) -> str:
+    """A new directory (0755) that unprivileged daemons can reach -- Dovecot's and Postfix's
+    users, a proxy after its privilege drop. Never under the checkout."""
+    d = tempfile.mkdtemp(prefix=prefix, dir=shared_tmp_root())
+    os.chmod(d, 0o755)
+    return d
+
+
 def find_free_base(host: str = DEFAULT_HOST, span: int = PORT_SPAN, seed: str = "") -> int:
     """A base port whose whole block [base, base+span) is free on `host`.
 

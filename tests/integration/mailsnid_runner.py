@@ -14,11 +14,18 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "harness"))
+
+import backends as _backends  # noqa: E402
+
+# Every test's files (configs, keys, mailboxes) must be reachable by the daemons' unprivileged
+# users and by mailsnid after its privilege drop: not in a private TMPDIR.
+tempfile.tempdir = _backends.shared_tmp_root()
 
 MAILSNID = os.environ.get("MAILSNID", os.path.join(ROOT, "build", "mailsnid"))
 SANITIZE = os.environ.get("SANITIZE", "0") == "1"
@@ -30,6 +37,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def hold_ports(ports) -> list[socket.socket]:
+    """Listen on each of `ports` that is free, as another program on the host might (one
+    already taken is taken all the same); the caller closes the sockets."""
+    held = []
+    for port in ports:
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            held.append(s)
+        except OSError:
+            s.close()
+    return held
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:

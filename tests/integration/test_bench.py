@@ -1,6 +1,9 @@
 """The benchmark still works: `bench/run --quick` runs every scenario on mailsnid, haproxy, hitch
 and stunnel and writes a results table. Only that it ran is checked — never a figure: timing is
-measured in bench/, not asserted in tests."""
+measured in bench/, not asserted in tests.
+
+Both pick free ports: the fixed ones they once used (and the test passed) are held open here
+while they run, as another suite on the same host might."""
 
 import os
 import re
@@ -8,14 +11,19 @@ import subprocess
 import tempfile
 import unittest
 
-from mailsnid_runner import MAILSNID, ROOT
+from mailsnid_runner import MAILSNID, ROOT, hold_ports
 
 
 class BenchQuick(unittest.TestCase):
+    def hold(self, ports):
+        held = hold_ports(ports)
+        self.addCleanup(lambda: [s.close() for s in held])
+
     def test_quick_run_produces_the_table_for_every_proxy(self):
+        # The ports of the old defaults (29000) and of the old test's --port-base 27000.
+        self.hold([b + off for b in (27000, 29000) for off in (443, 143, 80, 81, 82, 83)])
         out = os.path.join(tempfile.mkdtemp(prefix="mailsnid-bench-"), "RESULTS.md")
-        r = subprocess.run([os.path.join(ROOT, "bench", "run"), "--quick", "--out", out,
-                            "--port-base", "27000"],
+        r = subprocess.run([os.path.join(ROOT, "bench", "run"), "--quick", "--out", out],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
         self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])
         with open(out) as f:
@@ -29,6 +37,7 @@ class BenchQuick(unittest.TestCase):
 
 
     def test_scale_quick_run_produces_its_report(self):
+        self.hold([28100 + 993, 28100 + 143])         # the old --quick ports
         r = subprocess.run([os.path.join(ROOT, "bench", "scale"), "--quick"], cwd=ROOT,
                            capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, MAILSNID=MAILSNID))
