@@ -294,7 +294,8 @@ static void parse_admin(struct conf_ctx *ctx, struct conf *conf, const config_se
 }
 
 static const char *const top_keys[] = {
-    "workers", "user", "group", "log", "admin", "drain_timeout", "max_connections",
+    "workers", "user", "group", "log", "admin", "drain_timeout", "hard_stop_after", "pid_file",
+    "max_connections",
     "max_connections_per_client", "tls",
     "certificates", "cert_dirs", "listeners", "routes", "domains", NULL
 };
@@ -312,6 +313,8 @@ static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_set
     parse_log(ctx, conf, root);
     conf->drain_timeout_s = 30;
     conf_read_uint(ctx, root, "drain_timeout", CONF_MAX_SECONDS, &conf->drain_timeout_s);
+    conf_read_uint(ctx, root, "hard_stop_after", CONF_MAX_SECONDS, &conf->hard_stop_after_s);
+    conf_read_path(ctx, root, "pid_file", &conf->pid_file);
     conf_read_uint(ctx, root, "max_connections", UINT_MAX, &conf->max_connections);
     conf_read_uint(ctx, root, "max_connections_per_client", UINT_MAX,
                    &conf->max_connections_per_client);
@@ -446,6 +449,7 @@ void conf_free(struct conf *conf)
     conf_routes_free(conf->routes, conf->n_routes);
     free_strv(conf->domains, conf->n_domains);
     free_strv(conf->includes, conf->n_includes);
+    free(conf->pid_file);
     free(conf);
 }
 

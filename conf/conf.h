@@ -79,6 +79,8 @@ struct conf {
     bool has_admin;
     struct conf_addr admin;
     unsigned drain_timeout_s;             /* default 30 */
+    unsigned hard_stop_after_s;           /* after a SIGUSR2 upgrade: 0 (default) = no limit */
+    char *pid_file;                       /* NULL = none */
     unsigned max_connections;             /* global; default 0 = unlimited */
     unsigned max_connections_per_client;  /* per client address (IPv6: per /64); 0 = unlimited */
 

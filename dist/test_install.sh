@@ -130,7 +130,7 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 else
     skip "systemd-analyze is not installed: the unit was not verified"
 fi
-check "unit: Type=notify, NotifyAccess=main" sh -c "grep -qx 'Type=notify' dist/mailsnid.service && grep -qx 'NotifyAccess=main' dist/mailsnid.service"
+check "unit: Type=notify, NotifyAccess=all (SIGUSR2 upgrade)" sh -c "grep -qx 'Type=notify' dist/mailsnid.service && grep -qx 'NotifyAccess=all' dist/mailsnid.service"
 drain=$(sed -n 's/^drain_timeout *= *\([0-9]*\);.*/\1/p' dist/mailsnid.cfg.example)
 stop=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' dist/mailsnid.service)
 check "unit: TimeoutStopSec ($stop) > example drain_timeout ($drain)" test "${stop:-0}" -gt "${drain:-999}"

@@ -9,6 +9,7 @@
 
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/upgrade.h"
 
 #define ADMIN_REQUEST_MAX 4096
 #define ADMIN_TIMEOUT_MS 5000
@@ -162,7 +163,10 @@ static struct admin *admin_open(struct server *srv, const struct conf *conf)
     adm->srv = srv;
     uv_tcp_init(srv->loop, &adm->listener);
     adm->listener.data = adm;
-    int r = uv_tcp_bind(&adm->listener, (const struct sockaddr *)&conf->admin.ss, 0);
+    /* After a SIGUSR2 upgrade, the old process's socket: health checks never see it closed. */
+    int fd = upgrade_take_admin_fd(&conf->admin.ss);
+    int r = fd >= 0 ? uv_tcp_open(&adm->listener, fd)
+                    : uv_tcp_bind(&adm->listener, (const struct sockaddr *)&conf->admin.ss, 0);
     if (r == 0)
         r = uv_listen((uv_stream_t *)&adm->listener, 64, on_connection);
     if (r < 0) {
@@ -206,4 +210,9 @@ void admin_stop(struct server *srv)
         return;
     uv_close((uv_handle_t *)&srv->admin->listener, on_admin_closed);
     srv->admin = NULL;
+}
+
+uv_tcp_t *admin_listener(struct server *srv)
+{
+    return srv->admin ? &srv->admin->listener : NULL;
 }

@@ -11,6 +11,7 @@
 #include "proxy/routes.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
+#include "proxy/upgrade.h"
 
 /* Replaces *ERR with a formatted line (callers may pass in an earlier message). */
 __attribute__((format(printf, 2, 3)))
@@ -31,9 +32,10 @@ static void slot_unref(struct listen_slot *s)
     if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
         return;
     for (unsigned i = 0; i < s->n_fds; i++)
-        if (s->fds[i] >= 0)
+        if (s->fds[i] >= 0 && !s->handed[i])
             close(s->fds[i]);
     free(s->fds);
+    free(s->handed);
     free(s);
 }
 
@@ -91,21 +93,40 @@ struct listen_slot *gen_find_slot(const struct generation *gen, const struct con
     return NULL;
 }
 
-static struct listen_slot *slot_bind(const struct conf *conf, const struct conf_listener *l,
-                                     unsigned n_workers, char **err)
+static struct listen_slot *slot_new(const struct conf_addr *addr, unsigned n_fds)
 {
     struct listen_slot *s = calloc(1, sizeof *s);
-    int rc = 0;
-    if (!s || !(s->fds = malloc(n_workers * sizeof *s->fds))) {
+    if (!s || !(s->fds = malloc(n_fds * sizeof *s->fds)) || !(s->handed = calloc(n_fds, sizeof *s->handed))) {
+        if (s)
+            free(s->fds);
         free(s);
-        set_err(err, "out of memory\n");
         return NULL;
     }
     atomic_init(&s->refs, 1);
-    s->addr = l->listen;
-    for (unsigned w = 0; w < n_workers; w++)
-        s->fds[w] = -1;
-    s->n_fds = n_workers;
+    s->addr = *addr;
+    for (unsigned i = 0; i < n_fds; i++)
+        s->fds[i] = -1;
+    s->n_fds = n_fds;
+    return s;
+}
+
+static struct listen_slot *slot_bind(const struct conf *conf, const struct conf_listener *l,
+                                     unsigned n_workers, char **err)
+{
+    int rc = 0, inherited[UPGRADE_MAX_FDS];
+    unsigned n_inherited = upgrade_take_fds(&l->listen.ss, inherited, UPGRADE_MAX_FDS);
+    struct listen_slot *s = slot_new(&l->listen, n_inherited ? n_inherited : n_workers);
+    if (!s) {
+        for (unsigned i = 0; i < n_inherited; i++)
+            close(inherited[i]);
+        set_err(err, "out of memory\n");
+        return NULL;
+    }
+    if (n_inherited) {
+        /* The old process's sockets, accept queues and all: nothing queued is lost. */
+        memcpy(s->fds, inherited, n_inherited * sizeof *inherited);
+        return s;
+    }
     if (listener_check_free(l) == -EADDRINUSE) {
         set_err(err, "%s:%d: listener %s: cannot listen on %s: another process listens there "
                 "(a second mailsnid? SIGUSR2 upgrades a running one)\n", conf->path, l->line,

@@ -31,7 +31,10 @@ struct listen_slot {
     struct conf_addr addr;
     atomic_uint refs;                 /* generations that have this address */
     unsigned n_fds;
-    int *fds;                         /* one per worker; -1 once that worker's handle owns it */
+    int *fds;                         /* SO_REUSEPORT sockets: one per worker when bound here, as
+                                         many as the old process had when inherited (SIGUSR2);
+                                         worker w serves fds[i] for i % workers == w */
+    bool *handed;                     /* fds[i] belongs to a worker's handle (it closes it) */
     atomic_uint open;                 /* connections open now (max_connections), all workers */
     atomic_ullong total;
 };

@@ -1,10 +1,12 @@
 /* mailsnid: command line, and the order of start-up (config, certificates, sockets, run). */
 #include <getopt.h>
 #include <libconfig.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <openssl/crypto.h>
 #include <uv.h>
 
@@ -18,6 +20,7 @@
 #include "proxy/server.h"
 #include "proxy/tickets.h"
 #include "proxy/tls.h"
+#include "proxy/upgrade.h"
 
 #define MAILSNID_VERSION "0.1.0"
 
@@ -132,12 +135,19 @@ static int print_certs(const char *path)
     return 0;
 }
 
-static int run(const char *path)
+static int run(const char *path, char **argv)
 {
     /* Until the control loop handles it, a SIGHUP (a certbot hook during a long start) must
      * not kill the process: the certificates are being read anyway. */
     signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    /* The path now, not at SIGUSR2 time: by then a package upgrade has replaced the file, which
+     * is the point, and /proc/self/exe would name the deleted old one. */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = '\0';
+    upgrade_inherit_init();
     struct conf *conf;
     struct cs_store *store;
     if (load_all(path, &conf, &store, false))
@@ -148,8 +158,11 @@ static int run(const char *path)
     struct server srv;
     int status = 1;
     /* The server owns CONF from here: it is the first configuration generation. */
-    if (server_init(&srv, conf, store) == 0)
+    if (server_init(&srv, conf, store) == 0) {
+        srv.exe = exe[0] ? exe : argv[0];
+        srv.argv = argv;
         status = server_run(&srv);
+    }
     server_free(&srv);
     tls_global_free();
     return status;
@@ -186,6 +199,6 @@ int main(int argc, char **argv)
     switch (mode) {
     case MODE_TEST: return check_config(path);
     case MODE_CERTS: return print_certs(path);
-    default: return run(path);
+    default: return run(path, argv);
     }
 }

@@ -50,3 +50,10 @@ void notify_stopping(void)
 {
     notify_send("STOPPING=1\nSTATUS=draining");
 }
+
+void notify_mainpid(int pid)
+{
+    char msg[32];
+    snprintf(msg, sizeof msg, "MAINPID=%d", pid);
+    notify_send(msg);
+}

@@ -6,5 +6,7 @@
 void notify_ready(void);
 void notify_reloading(void);
 void notify_stopping(void);
+/* The service's main process is now PID (a SIGUSR2 upgrade handed over). */
+void notify_mainpid(int pid);
 
 #endif

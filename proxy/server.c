@@ -22,6 +22,7 @@
 #include "proxy/routes.h"
 #include "proxy/tickets.h"
 #include "proxy/tls.h"
+#include "proxy/upgrade.h"
 #include "proxy/watch.h"
 
 static unsigned worker_count(const struct conf *conf)
@@ -175,14 +176,15 @@ static void worker_adopt(struct worker *w)
         bool have = false;
         for (struct worker_listener *wl = w->listeners; wl && !have; wl = wl->next)
             have = wl->slot == slot && wl->rt;
-        if (have || slot->fds[w->index] < 0)
-            continue;
-        int fd = slot->fds[w->index];
-        slot->fds[w->index] = -1; /* the handle owns it now */
-        int r = listener_start(w, slot, &g->listeners[i], fd);
-        if (r < 0)
-            log_err("worker %u: listener %s: %s", w->index, g->listeners[i].conf->name,
-                    uv_strerror(r));
+        for (unsigned k = w->index; !have && k < slot->n_fds; k += w->server->n_workers) {
+            if (slot->fds[k] < 0 || slot->handed[k])
+                continue;
+            slot->handed[k] = true; /* the handle owns it now */
+            int r = listener_start(w, slot, &g->listeners[i], slot->fds[k]);
+            if (r < 0)
+                log_err("worker %u: listener %s: %s", w->index, g->listeners[i].conf->name,
+                        uv_strerror(r));
+        }
     }
     struct generation *old = w->gen;
     w->gen = g;
@@ -256,16 +258,20 @@ static void stop_control(struct server *srv)
     uv_close((uv_handle_t *)&srv->sig_term, NULL);
     uv_close((uv_handle_t *)&srv->sig_int, NULL);
     uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+    uv_close((uv_handle_t *)&srv->sig_usr2, NULL);
     /* Closing the handles restores the default dispositions; a signal in the last moments of
      * the exit must not kill the process with a status that says it crashed. */
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
     uv_close((uv_handle_t *)&srv->worker_exited, NULL);
     admin_stop(srv);
     reload_stop(srv);
     watch_stop(srv);
+    upgrade_stop(srv);
+    upgrade_remove_pid_file(srv->conf->pid_file);
 }
 
 static void on_worker_exited(uv_async_t *a)
@@ -321,6 +327,24 @@ static void on_hup(uv_signal_t *s, int signum)
     reload_request(s->data, "SIGHUP");
 }
 
+static void on_usr2(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    upgrade_begin(s->data);
+}
+
+void server_retire(struct server *srv)
+{
+    if (atomic_load(&srv->draining))
+        return;
+    atomic_store(&srv->draining, true);
+    admin_stop(srv);
+    unsigned limit = srv->conf->hard_stop_after_s;
+    if (limit)
+        uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)limit * 1000, 0);
+    wake_workers(srv);
+}
+
 int server_run(struct server *srv)
 {
     srv->loop = uv_default_loop();
@@ -328,17 +352,22 @@ int server_run(struct server *srv)
     uv_signal_init(srv->loop, &srv->sig_term);
     uv_signal_init(srv->loop, &srv->sig_int);
     uv_signal_init(srv->loop, &srv->sig_hup);
+    uv_signal_init(srv->loop, &srv->sig_usr2);
     uv_timer_init(srv->loop, &srv->drain_timer);
     uv_async_init(srv->loop, &srv->worker_exited, on_worker_exited);
-    srv->sig_term.data = srv->sig_int.data = srv->sig_hup.data = srv->drain_timer.data =
-        srv->worker_exited.data = srv;
+    srv->sig_term.data = srv->sig_int.data = srv->sig_hup.data = srv->sig_usr2.data =
+        srv->drain_timer.data = srv->worker_exited.data = srv;
     uv_signal_start(&srv->sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&srv->sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&srv->sig_hup, on_hup, SIGHUP);
+    uv_signal_start(&srv->sig_usr2, on_usr2, SIGUSR2);
 
     /* Everything that needs root — listening sockets, the admin socket, the keys, the
      * watches — is in place; workers start only once the switch to `user` has succeeded. */
-    if (admin_start(srv) < 0 || reload_start(srv) < 0 || watch_start(srv) < 0 ||
+    int admin_rc = admin_start(srv);
+    /* What an old process handed over (SIGUSR2) and no listener took: a listener removed. */
+    upgrade_close_unclaimed();
+    if (admin_rc < 0 || reload_start(srv) < 0 || watch_start(srv) < 0 ||
         privs_drop(srv->conf) < 0) {
         stop_control(srv);
         uv_run(srv->loop, UV_RUN_DEFAULT);
@@ -355,6 +384,8 @@ int server_run(struct server *srv)
         uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
     log_notice("mailsnid running: %zu listeners, %u workers", srv->gen->n_listeners, srv->n_workers);
     notify_ready();
+    upgrade_write_pid_file(srv->conf->pid_file);
+    upgrade_report_ready();
 
     uv_run(srv->loop, UV_RUN_DEFAULT);
     for (unsigned i = 0; i < srv->n_workers; i++)

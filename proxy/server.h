@@ -66,6 +66,10 @@ struct server {
     struct admin *admin;               /* admin endpoint, when configured */
     struct reload *reload;             /* reload machinery (control thread) */
     struct watch *watch;               /* file watcher (control thread) */
+    uv_signal_t sig_usr2;
+    const char *exe;                   /* the binary's path at start, run again by SIGUSR2 */
+    char **argv;                       /* with these arguments */
+    struct upgrade *upgrade;           /* a SIGUSR2 upgrade waiting for its new process */
 };
 
 /* Builds everything the config asks for and binds the listening sockets; nothing runs yet.
@@ -77,6 +81,9 @@ int server_run(struct server *srv);
 void server_free(struct server *srv);
 /* Stops accepting, fails health checks, lets connections finish up to drain_timeout. */
 void server_begin_drain(struct server *srv);
+/* After a SIGUSR2 upgrade: stops accepting (the new process has the sockets), closes the admin
+ * endpoint and serves the open connections until they end, or until hard_stop_after. */
+void server_retire(struct server *srv);
 
 /* Control thread: makes GEN (its slots attached) the current generation and tells the workers.
  * Takes over the caller's reference. */
