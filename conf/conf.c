@@ -294,7 +294,8 @@ static void parse_admin(struct conf_ctx *ctx, struct conf *conf, const config_se
 }
 
 static const char *const top_keys[] = {
-    "workers", "user", "group", "log", "admin", "drain_timeout", "hard_stop_after", "pid_file",
+    "workers", "user", "group", "log", "admin", "drain_timeout", "drain_grace", "hard_stop_after",
+    "pid_file",
     "max_connections",
     "max_connections_per_client", "tls",
     "certificates", "cert_dirs", "listeners", "routes", "domains", NULL
@@ -314,6 +315,10 @@ static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_set
     conf->drain_timeout_s = 30;
     conf_read_uint(ctx, root, "drain_timeout", CONF_MAX_SECONDS, &conf->drain_timeout_s);
     conf_read_uint(ctx, root, "hard_stop_after", CONF_MAX_SECONDS, &conf->hard_stop_after_s);
+    /* 0 (the default) is today's drain: stop accepting at once. */
+    const config_setting_t *grace = config_setting_get_member(root, "drain_grace");
+    if (grace && !(config_setting_type(grace) == CONFIG_TYPE_INT && config_setting_get_int(grace) == 0))
+        conf_read_ms(ctx, root, "drain_grace", &conf->drain_grace_ms);
     conf_read_path(ctx, root, "pid_file", &conf->pid_file);
     conf_read_uint(ctx, root, "max_connections", UINT_MAX, &conf->max_connections);
     conf_read_uint(ctx, root, "max_connections_per_client", UINT_MAX,

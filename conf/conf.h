@@ -79,6 +79,7 @@ struct conf {
     bool has_admin;
     struct conf_addr admin;
     unsigned drain_timeout_s;             /* default 30 */
+    unsigned drain_grace_ms;              /* SIGTERM: keep accepting this long with /healthz 503 */
     unsigned hard_stop_after_s;           /* after a SIGUSR2 upgrade: 0 (default) = no limit */
     char *pid_file;                       /* NULL = none */
     unsigned max_connections;             /* global; default 0 = unlimited */

@@ -94,7 +94,7 @@ static void handle_request(struct admin_conn *a)
         respond(a, 200, "text/plain; version=0.0.4", body, body_len);
         free(body);
     } else if (plen == 8 && memcmp(path, "/healthz", 8) == 0) {
-        if (atomic_load(&a->srv->draining))
+        if (atomic_load(&a->srv->unhealthy))
             respond(a, 503, "text/plain", "draining\n", 9);
         else
             respond(a, 200, "text/plain", "ok\n", 3);

@@ -191,6 +191,21 @@ static void worker_adopt(struct worker *w)
     gen_unref(old);
 }
 
+static void on_drain_idle(uv_idle_t *h)
+{
+    (void)h;
+}
+
+static void on_drain_check(uv_check_t *h)
+{
+    struct worker *w = h->data;
+    uv_idle_stop(&w->drain_idle);
+    uv_check_stop(&w->drain_check);
+    worker_stop_listening(w);
+    if (w->n_conns == 0)
+        worker_close_all(w);
+}
+
 /* Runs on the worker's loop whenever the control thread (or a closing connection during a
  * drain) wants it to look at the server's state. */
 static void on_worker_wakeup(uv_async_t *a)
@@ -201,13 +216,19 @@ static void on_worker_wakeup(uv_async_t *a)
         w->stopping = true;
         conn_close_all(w, OUT_DRAIN);
     }
-    if (atomic_load(&srv->draining) && !w->draining) {
+    if (atomic_load(&srv->draining) && !w->draining && !w->stopping) {
+        /* Connections already in the accept queues were promised service: the idle handle makes
+         * the next poll non-blocking, libuv accepts everything pending in it, and the check
+         * handle, which runs right after the poll, closes the sockets. */
         w->draining = true;
-        worker_stop_listening(w);
+        uv_idle_start(&w->drain_idle, on_drain_idle);
+        uv_check_start(&w->drain_check, on_drain_check);
+        return;
     }
     if (!w->draining && !w->stopping)
         worker_adopt(w);
-    if ((w->draining || w->stopping) && w->n_conns == 0)
+    if ((w->stopping || (w->draining && !uv_is_active((uv_handle_t *)&w->drain_check))) &&
+        w->n_conns == 0)
         worker_close_all(w);
 }
 
@@ -237,7 +258,9 @@ static int worker_init(struct server *srv, unsigned index)
         return -ENOMEM;
     w->loop.data = w;
     uv_async_init(&w->loop, &w->wakeup, on_worker_wakeup);
-    w->wakeup.data = w;
+    uv_idle_init(&w->loop, &w->drain_idle);
+    uv_check_init(&w->loop, &w->drain_check);
+    w->wakeup.data = w->drain_idle.data = w->drain_check.data = w;
     worker_adopt(w);
     return 0;
 }
@@ -266,6 +289,7 @@ static void stop_control(struct server *srv)
     signal(SIGHUP, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
+    uv_close((uv_handle_t *)&srv->grace_timer, NULL);
     uv_close((uv_handle_t *)&srv->worker_exited, NULL);
     admin_stop(srv);
     reload_stop(srv);
@@ -297,12 +321,9 @@ static void on_drain_timeout(uv_timer_t *t)
     force_stop(srv);
 }
 
-void server_begin_drain(struct server *srv)
+static void stop_accepting(struct server *srv)
 {
-    if (atomic_load(&srv->draining))
-        return;
     atomic_store(&srv->draining, true);
-    notify_stopping();
     unsigned open = atomic_load(&srv->open_total);
     log_notice("draining: no new connections; %u open, waiting up to %u s", open,
                srv->conf->drain_timeout_s);
@@ -310,10 +331,33 @@ void server_begin_drain(struct server *srv)
     wake_workers(srv);
 }
 
+static void on_grace_over(uv_timer_t *t)
+{
+    stop_accepting(t->data);
+}
+
+/* Behind a load balancer the health check must fail before accepting stops: the balancer sends
+ * connections until its next check notices, and those must still be served (drain_grace). */
+void server_begin_drain(struct server *srv)
+{
+    if (atomic_load(&srv->unhealthy))
+        return;
+    atomic_store(&srv->unhealthy, true);
+    notify_stopping();
+    unsigned grace = srv->conf->drain_grace_ms;
+    if (!grace) {
+        stop_accepting(srv);
+        return;
+    }
+    log_notice("draining: /healthz answers 503; accepting for %u.%03u s more", grace / 1000,
+               grace % 1000);
+    uv_timer_start(&srv->grace_timer, on_grace_over, grace, 0);
+}
+
 static void on_stop_signal(uv_signal_t *s, int signum)
 {
     struct server *srv = s->data;
-    if (atomic_load(&srv->draining)) {
+    if (atomic_load(&srv->unhealthy)) {
         log_notice("signal %d again: exiting now", signum);
         force_stop(srv);
         return;
@@ -337,6 +381,7 @@ void server_retire(struct server *srv)
 {
     if (atomic_load(&srv->draining))
         return;
+    atomic_store(&srv->unhealthy, true);
     atomic_store(&srv->draining, true);
     admin_stop(srv);
     unsigned limit = srv->conf->hard_stop_after_s;
@@ -354,9 +399,10 @@ int server_run(struct server *srv)
     uv_signal_init(srv->loop, &srv->sig_hup);
     uv_signal_init(srv->loop, &srv->sig_usr2);
     uv_timer_init(srv->loop, &srv->drain_timer);
+    uv_timer_init(srv->loop, &srv->grace_timer);
     uv_async_init(srv->loop, &srv->worker_exited, on_worker_exited);
     srv->sig_term.data = srv->sig_int.data = srv->sig_hup.data = srv->sig_usr2.data =
-        srv->drain_timer.data = srv->worker_exited.data = srv;
+        srv->drain_timer.data = srv->grace_timer.data = srv->worker_exited.data = srv;
     uv_signal_start(&srv->sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&srv->sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&srv->sig_hup, on_hup, SIGHUP);

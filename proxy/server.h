@@ -40,6 +40,8 @@ struct worker {
     uv_async_t wakeup;                /* control → worker: a new generation, drain or stop */
     struct generation *gen;           /* adopted: the one new connections are accepted under */
     struct worker_listener *listeners;
+    uv_idle_t drain_idle;             /* drain: one more non-blocking pass over the sockets, */
+    uv_check_t drain_check;           /* then stop accepting (so the accept queues are served) */
     struct conn *conns;               /* every open connection, for drain and forced close */
     unsigned n_conns;
     bool draining, stopping;
@@ -61,7 +63,9 @@ struct server {
     atomic_uint workers_running;
     uv_mutex_t wake_lock;              /* orders wake_workers() against a worker closing its wakeup */
     uv_async_t worker_exited;
-    atomic_bool draining;              /* stop accepting, health checks fail */
+    atomic_bool unhealthy;             /* a drain began: health checks fail (drain_grace first) */
+    atomic_bool draining;              /* stop accepting */
+    uv_timer_t grace_timer;            /* drain_grace: accepting goes on until it fires */
     atomic_bool stopping;              /* close everything now */
     struct admin *admin;               /* admin endpoint, when configured */
     struct reload *reload;             /* reload machinery (control thread) */

@@ -176,7 +176,7 @@ void upgrade_begin(struct server *srv)
                     srv->upgrade->process.pid);
         return;
     }
-    if (atomic_load(&srv->draining)) {
+    if (atomic_load(&srv->unhealthy)) {
         log_warning("SIGUSR2 while draining: ignored");
         return;
     }

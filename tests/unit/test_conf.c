@@ -841,6 +841,26 @@ static void test_domains(void)
                "3: domains: expected a list of host names");
 }
 
+static void test_drain_grace(void)
+{
+    struct conf *c = NULL;
+    char *err = NULL;
+    CHECK(load(TLS_OK L_OK "drain_grace = 2.5;\n", &c, &err) == 0);
+    CHECK(c && c->drain_grace_ms == 2500);
+    conf_free(c);
+    c = NULL;
+    CHECK(load(TLS_OK L_OK "drain_grace = 0;\n", &c, &err) == 0);
+    CHECK(c && c->drain_grace_ms == 0);
+    conf_free(c);
+    c = NULL;
+    CHECK(load(TLS_OK L_OK "", &c, &err) == 0);
+    CHECK(c && c->drain_grace_ms == 0);
+    conf_free(c);
+    free(err);
+    EXPECT_ERR(TLS_OK L_OK "drain_grace = -1;\n",
+               "3: drain_grace: must be more than 0 and at most 4294967 seconds");
+}
+
 int main(void)
 {
     char tmpl[] = "/tmp/test_conf_XXXXXX";
@@ -873,6 +893,7 @@ int main(void)
     test_integer_literals();
     test_backend_loops();
     test_domains();
+    test_drain_grace();
 
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         char p[PATH_MAX + 64];
