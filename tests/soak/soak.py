@@ -21,8 +21,12 @@ What runs (Python 3 standard library only, plus the repository's test harness):
     with hostname checking, a real login, FETCH/RETR of a random message whose body hash is
     checked end to end, mail sent with AUTH (or as an MTA on `mx`, with or without STARTTLS),
     HTTP GETs and POSTs checked byte for byte, on a kept-alive connection;
-  * a reload every second, alternating SIGHUP and a certbot renewal of a random lineage
-    (certs.renew_certbot, certbot's own non-atomic link swap) that the file watcher picks up;
+  * a reload every second, in turn a SIGHUP, a certbot renewal of a random lineage
+    (certs.renew_certbot, certbot's own non-atomic link swap) that the file watcher picks up,
+    and a config edit + SIGHUP that changes routes and backends (a route for a lineage's names
+    added or removed, a listener's backend list one address or that address twice, an idle
+    timeout changed): a new configuration generation each time, while sessions of the old ones
+    are still open;
   * every 10-20 s the backends stop (Dovecot, Postfix and the HTTP server, all at once) for
     1-3 s. While they are down a prober checks that every listener answers in its protocol's
     words -- `* BYE [UNAVAILABLE]`, `-ERR [SYS/TEMP]`, `421 4.3.0`, HTTP 502 -- then they are
@@ -354,6 +358,7 @@ class Stats:
         self.probe_failures: list[str] = []
         self.sighups = 0
         self.renewals = 0
+        self.config_edits = 0
         self.restarts = 0
         self.outages: list[list[float]] = []            # [start, end] (end=inf while down)
         self.sent = 0
@@ -467,7 +472,35 @@ class Soak:
                 f'tls = "{tls}"; {extra}backend = "{backend}"; proxy_protocol = "{pp}"; '
                 f'connect_timeout = 3; }}')
         self.admin_port = free_port()
-        config = f"""# written by tests/soak/soak.py
+        self.listener_texts = listeners
+        config = self.config_text(0)
+        socket.getaddrinfo = _test_getaddrinfo
+        self.ctx = ssl.create_default_context(cafile=pki["ca"])
+        self.proc = MailsnidProcess(config, os.path.join(self.tmp, "mailsnid"))
+        self.proc.start(list(self.ports.values()) + [self.admin_port])
+        self.pid = self.proc.proc.pid
+        log(f"mailsnid {MAILSNID} pid {self.pid}, workers {a.workers}, {a.clients} clients, "
+            f"backends on {self.mb.host}:{self.mb.base_port}+, work dir {self.tmp}")
+
+    def config_text(self, variant: int) -> str:
+        """The config; VARIANT > 0 changes routes and backends (every backend stays a working
+        one, so no client may notice anything)."""
+        a, pki = self.args, self.pki
+        listeners = list(self.listener_texts)
+        routes = ""
+        if variant % 2:
+            name = LINEAGES[variant % len(LINEAGES)][0]
+            # Both IMAP and both POP3 listeners send this name to Dovecot's PROXY ports: the
+            # STARTTLS listeners' sessions move from the plain port to the PROXY one.
+            routes = (f'routes = ( {{ names = [ "mail.{name}", "webmail.{name}" ]; '
+                      f'imap = "{self.mb.addr("imap_haproxy")}"; '
+                      f'pop3 = "{self.mb.addr("pop3_haproxy")}"; proxy_protocol = "v2"; }} );')
+        if variant % 3 == 1:
+            # The first listener gets its backend twice (failover to the same server).
+            listeners[0] = re.sub(r'backend = "([^"]+)"', r'backend = [ "\1", "\1" ]', listeners[0])
+        if variant % 4 == 2:
+            listeners[-1] = listeners[-1].replace("connect_timeout = 3;", "connect_timeout = 4;")
+        return f"""# written by tests/soak/soak.py
 workers = {a.workers};
 log = {{ level = "info"; target = "stderr"; }};
 admin = "127.0.0.1:{self.admin_port}";
@@ -477,14 +510,14 @@ cert_dirs = ( "{self.le}/live" );
 listeners = (
   {(',' + chr(10) + '  ').join(listeners)}
 );
+{routes}
 """
-        socket.getaddrinfo = _test_getaddrinfo
-        self.ctx = ssl.create_default_context(cafile=pki["ca"])
-        self.proc = MailsnidProcess(config, os.path.join(self.tmp, "mailsnid"))
-        self.proc.start(list(self.ports.values()) + [self.admin_port])
-        self.pid = self.proc.proc.pid
-        log(f"mailsnid {MAILSNID} pid {self.pid}, workers {a.workers}, {a.clients} clients, "
-            f"backends on {self.mb.host}:{self.mb.base_port}+, work dir {self.tmp}")
+
+    def edit_config(self, variant: int) -> None:
+        tmp = self.proc.config + ".new"
+        with open(tmp, "w") as f:
+            f.write(self.config_text(variant))
+        os.replace(tmp, self.proc.config)
 
     # -- client sessions -----------------------------------------------------------------
 
@@ -656,14 +689,19 @@ listeners = (
                 continue
             n += 1
             try:
-                if n % 2:
+                if n % 3 == 1:
                     self.proc.signal(signal.SIGHUP)
                     with self.stats.lock:
                         self.stats.sighups += 1
-                else:
+                elif n % 3 == 2:
                     certs.renew_certbot(self.le, rng.choice(LINEAGES)[0])
                     with self.stats.lock:
                         self.stats.renewals += 1
+                else:
+                    self.edit_config(n // 3)
+                    self.proc.signal(signal.SIGHUP)
+                    with self.stats.lock:
+                        self.stats.config_edits += 1
             except Exception as e:                      # noqa: BLE001
                 self.results.append(("reloader", False, repr(e)))
                 return
@@ -892,7 +930,8 @@ listeners = (
               f"{st.late_unavailable}")
         r_ok = m1.get('mailsnid_reloads_total{result="ok"}', 0)
         r_failed = m1.get('mailsnid_reloads_total{result="failed"}', 0)
-        print(f"reloads: {st.sighups} SIGHUP + {st.renewals} certbot renewals; mailsnid "
+        print(f"reloads: {st.sighups} SIGHUP + {st.renewals} certbot renewals + "
+              f"{st.config_edits} config edits (routes/backends); mailsnid "
               f"reloads ok {r_ok:.0f}, failed {r_failed:.0f}")
         print(f"backend restarts: {st.restarts} "
               f"(outage probes answered {sum(st.probes.values())}, "
@@ -934,6 +973,13 @@ listeners = (
                        f"{len(st.probe_failures)} wrong"))
         checks.append(("reloads ran, none failed", r_ok >= 1 and r_failed == 0,
                        f"ok {r_ok:.0f}, failed {r_failed:.0f}"))
+        # Each config edit is a new generation; only the current one may be left at the end
+        # (every session of the old ones ended, so they were freed).
+        gen = m1.get("mailsnid_config_generation", 0)
+        live = [k for k in m1 if k.startswith("mailsnid_generation_connections")]
+        checks.append(("config edits became generations, old ones freed",
+                       st.config_edits >= 1 and gen >= 1 + st.config_edits and len(live) == 1,
+                       f"{st.config_edits} edits, generation {gen:.0f}, live {live}"))
         checks.append(("every name served its lineage's latest renewal", not stale,
                        "; ".join(stale)))
         fd_diff = (end_targets - base_targets) + (base_targets - end_targets)
