@@ -82,7 +82,7 @@ struct conn {
     bool climit_held;                  /* counted in the per-client limit (released at close) */
 
     struct st_session *st;             /* mail listeners, until the client goes blind */
-    struct buf *pin;                   /* after STARTTLS: decrypted client bytes, a partial line */
+    struct buf *pin;                   /* TLS up, before login: decrypted client bytes, a partial line */
     bool starttls_done;                /* TLS came from STARTTLS (swallow the next greeting) */
 
     uint64_t start_ms, last_active_ms;

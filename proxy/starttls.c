@@ -55,9 +55,14 @@ static int release_engine(struct conn *c)
         c->bytes_down += buf_unread(c->bin);
         c->bin->off = c->bin->len;
     }
+    if (c->pin && buf_unread(c->pin) && !c->client_done &&
+        conn_send_backend(c, c->pin->data + c->pin->off, buf_unread(c->pin)) < 0)
+        return -1;
+    buf_put(c->pin);
+    c->pin = NULL;
     st_free(c->st);
     c->st = NULL;
-    return conn_flush_client(c);
+    return conn_flush_backend(c) < 0 ? -1 : conn_flush_client(c);
 }
 
 /* A blind client whose earlier commands are still unanswered keeps the engine until their
@@ -157,6 +162,12 @@ void starttls_backend_input(struct conn *c)
     c->bytes_down += used;
     if (conn_flush_client(c) < 0)
         return;
+    if (ev == ST_CLOSE && c->state == CONN_RELAY && c->listener->conf->tls == CONF_TLS_IMPLICIT) {
+        /* Implicit TLS: editing the backend's STARTTLS out is a courtesy, not a guard; a
+         * backend whose lines the engine cannot read is relayed as it is. */
+        release_engine(c);
+        return;
+    }
     if (ev == ST_CLOSE) {
         snprintf(c->error, sizeof c->error, "backend line too long");
         conn_fail_with_reply(c, OUT_BACKEND_ERROR, conn_unavailable_reply(c));
