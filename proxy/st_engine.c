@@ -112,6 +112,11 @@ bool st_awaiting_response(const struct st_session *s)
     return s->n_pending > 0;
 }
 
+bool st_refusals_queued(const struct st_session *s)
+{
+    return s->replies_off < s->replies_len;
+}
+
 bool st_is_blind(const struct st_session *s)
 {
     return s->blind;

@@ -65,11 +65,11 @@ static int release_engine(struct conn *c)
     return conn_flush_backend(c) < 0 ? -1 : conn_flush_client(c);
 }
 
-/* A blind client whose earlier commands are still unanswered keeps the engine until their
- * responses (and the refusals queued behind them) are through. */
+/* A blind client keeps the engine only while a refusal still waits for the responses ahead
+ * of it, so that its replies stay in order. */
 static bool engine_finished(const struct conn *c)
 {
-    return c->st && st_is_blind(c->st) && !st_awaiting_response(c->st);
+    return c->st && st_is_blind(c->st) && !st_refusals_queued(c->st);
 }
 
 static void go_blind(struct conn *c)
@@ -266,6 +266,13 @@ void starttls_after_tls_client_input(struct conn *c, struct buf *b)
     if (c->pin && !buf_unread(c->pin)) {
         buf_put(c->pin);
         c->pin = NULL;
+    }
+    if (c->st && c->pin && c->listener->conf->tls == CONF_TLS_IMPLICIT &&
+        c->state == CONN_RELAY && release_engine(c) < 0) {
+        /* Implicit TLS: a client whose write ends mid-line is not sending mail commands one
+         * line at a time; it is relayed as it is rather than kept waiting for a line end. */
+        buf_put(b);
+        return;
     }
     if (!c->st && c->state == CONN_RELAY && buf_unread(b)) {
         /* The engine let go mid-buffer (the client went blind): the rest goes as it is. */

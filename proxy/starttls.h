@@ -39,7 +39,7 @@ enum st_event {
     ST_MORE,        /* all complete lines handled; feed more bytes */
     ST_STARTTLS,    /* the client asked for TLS; bytes after that line must be discarded */
     ST_BLIND,       /* the client went blind: its bytes from here on were forwarded unread,
-                     * and later ones would be too; once st_awaiting_response() is false the
+                     * and later ones would be too; once st_refusals_queued() is false the
                      * session can be freed and the relay carry bytes unchanged */
     ST_CLOSE,       /* a final reply was sent to the client; close after flushing */
 };
@@ -73,6 +73,8 @@ bool st_starttls_ready(const struct st_session *s);
 const char *st_starttls_reply(const struct st_session *s);
 /* True while a command (or the greeting) still waits for the backend's response. */
 bool st_awaiting_response(const struct st_session *s);
+/* True while a refusal waits for the responses to commands sent before it. */
+bool st_refusals_queued(const struct st_session *s);
 /* True when the client went blind: its commands are no longer inspected. */
 bool st_is_blind(const struct st_session *s);
 /* True once the client sent its own QUIT / LOGOUT: the backend closing is the normal end. */

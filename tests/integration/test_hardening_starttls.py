@@ -380,6 +380,16 @@ class RepliesInOrder(unittest.TestCase):
         self.assertTrue(first.startswith(b"250"), (first, second))
         self.assertTrue(second.startswith(b"501"), (first, second))
 
+    def test_smtp_optional_refusal_then_plaintext_mail(self):
+        # The client goes on in plaintext (MAIL) while a refusal still waits its turn.
+        with connect("smtp_opt") as s:
+            smtp_reply(s)
+            s.sendall(b"EHLO c\r\n")
+            smtp_reply(s)
+            s.sendall(b"NOOP\r\nSTARTTLS x\r\nMAIL FROM:<a@alpha.test>\r\nRSET\r\n")
+            replies = [smtp_reply(s)[:3] for _ in range(4)]
+        self.assertEqual(replies, [b"250", b"501", b"250", b"250"])
+
 
 # ------------------------------------------------------------------------------------------
 # Item 14: a half-close before TLS still gets the replies
