@@ -1,6 +1,7 @@
 /* IMAP before TLS (RFC 9051 / 3501 §6.2.1): tagged commands, capabilities in the greeting's
  * [CAPABILITY …] code, in untagged CAPABILITY responses and in tagged OK codes. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "proxy/st_internal.h"
@@ -57,15 +58,20 @@ static int imap_refuse(const struct st_session *s, enum st_kind kind, const char
 /* Relays LINE with the capability list [START, END) edited for the session: before TLS
  * STARTTLS is added, and on a required listener the AUTH= mechanisms are dropped and
  * LOGINDISABLED added (what Dovecot's disable_plaintext_auth shows); once TLS is up the
- * backend's own STARTTLS is dropped. */
+ * backend's own STARTTLS is dropped. The line is rebuilt whole and sent in one piece (once TLS
+ * is up, each piece would be a record of its own). */
 static int edit_capabilities(const struct st_session *s, const char *line, size_t len,
                              size_t start, size_t end, const struct st_sink *sink)
 {
-    int r = sink->to_client(sink->ctx, line, start);
+    char *out = malloc(len + sizeof " STARTTLS LOGINDISABLED");
+    if (!out)
+        return -1;
+    memcpy(out, line, start);
+    size_t n = start;
     bool space = !(start && line[start - 1] == ' '); /* "* CAPABILITY" vs "[CAPABILITY " */
     bool has_starttls = false, has_logindisabled = false;
     size_t i = start;
-    while (r == 0 && i < end) {
+    while (i < end) {
         while (i < end && line[i] == ' ')
             i++;
         size_t t = i;
@@ -85,19 +91,21 @@ static int edit_capabilities(const struct st_session *s, const char *line, size_
         if (st_word_is(tok, tl, "LOGINDISABLED"))
             has_logindisabled = true;
         if (space)
-            r = sink->to_client(sink->ctx, " ", 1);
-        if (r == 0)
-            r = sink->to_client(sink->ctx, tok, tl);
+            out[n++] = ' ';
+        memcpy(out + n, tok, tl);
+        n += tl;
         space = true;
     }
-    if (r == 0 && !st_tls_active(s) && !has_starttls) {
-        r = st_say(sink, space ? " STARTTLS" : "STARTTLS");
+    if (!st_tls_active(s) && !has_starttls) {
+        n += (size_t)sprintf(out + n, space ? " STARTTLS" : "STARTTLS");
         space = true;
     }
-    if (r == 0 && st_login_hidden(s) && !has_logindisabled)
-        r = st_say(sink, space ? " LOGINDISABLED" : "LOGINDISABLED");
-    if (r == 0)
-        r = sink->to_client(sink->ctx, line + end, len - end);
+    if (st_login_hidden(s) && !has_logindisabled)
+        n += (size_t)sprintf(out + n, space ? " LOGINDISABLED" : "LOGINDISABLED");
+    memcpy(out + n, line + end, len - end);
+    n += len - end;
+    int r = sink->to_client(sink->ctx, out, n);
+    free(out);
     return r;
 }
 
