@@ -2,7 +2,9 @@
  * the capability edited, client lines checked, and at STARTTLS the switch — pipelined bytes
  * dropped (CVE-2011-0411, CVE-2014-3556), the plaintext backend session closed, the handshake
  * run, and a fresh backend session opened whose PROXY header can now carry the TLS facts and
- * the SNI name. The fresh session's greeting is swallowed: the client already had one. */
+ * the SNI name. The fresh session's greeting is swallowed: the client already had one. The
+ * same engine then edits that session, and an implicit-TLS listener's, until the client logs
+ * in. A client that half-closes before TLS has its end passed on, as in the relay. */
 #include <stdio.h>
 #include <string.h>
 
