@@ -236,7 +236,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     } else if (nread == UV_EOF) {
         c->client_eof = true;
         conn_client_read_stop(c);
-        if (c->state == CONN_PROXY_IN || c->state == CONN_PRE_TLS || c->state == CONN_FLUSHING) {
+        if (c->state == CONN_PROXY_IN || c->state == CONN_FLUSHING) {
             conn_close(c, c->state == CONN_PROXY_IN ? OUT_PROXY_HEADER : OUT_OK);
             return;
         }
@@ -288,12 +288,7 @@ static void on_backend_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     switch (c->state) {
     case CONN_PRE_TLS:
         if (nread == UV_EOF) {
-            /* A backend that went away while the client waits for an answer (a restart, a
-             * crash) gets the client the protocol's "try later"; one that closed after its
-             * last word (LOGOUT, QUIT) needs nothing added. */
-            snprintf(c->error, sizeof c->error, "backend closed the session");
-            conn_fail_with_reply(c, OUT_BACKEND_ERROR,
-                                 st_awaiting_response(c->st) ? conn_unavailable_reply(c) : NULL);
+            starttls_backend_eof(c);
             return;
         }
         starttls_backend_input(c);
@@ -560,6 +555,11 @@ void conn_start_session(struct conn *c)
         }
     }
     if (l->tls == CONF_TLS_IMPLICIT) {
+        /* Mail behind implicit TLS: the backend's own STARTTLS is edited out until login. */
+        if (l->proto != CONF_PROTO_HTTP && !(c->st = st_new(l->proto, ST_IMPLICIT))) {
+            conn_close(c, OUT_NOMEM);
+            return;
+        }
         /* Over a limit, the handshake still runs so that the refusal can be said in the
          * protocol's words (tls.c answers instead of connecting a backend). */
         tls_begin(c);
@@ -571,7 +571,7 @@ void conn_start_session(struct conn *c)
         return;
     }
     c->state = CONN_PRE_TLS;
-    c->st = st_new(l->proto, l->starttls == CONF_STARTTLS_REQUIRED);
+    c->st = st_new(l->proto, l->starttls == CONF_STARTTLS_REQUIRED ? ST_REQUIRED : ST_OPTIONAL);
     if (!c->st) {
         conn_close(c, OUT_NOMEM);
         return;

@@ -84,8 +84,8 @@ struct conn {
     bool limited;                      /* over a connection limit: answer "try later", then close */
     bool climit_held;                  /* counted in the per-client limit (released at close) */
 
-    struct st_session *st;             /* STARTTLS listeners only, until the client goes blind */
-    struct buf *pin;                   /* after STARTTLS: decrypted client bytes, a partial line */
+    struct st_session *st;             /* mail listeners, until the client goes blind */
+    struct buf *pin;                   /* TLS up, before login: decrypted client bytes, a partial line */
     bool starttls_done;                /* TLS came from STARTTLS (swallow the next greeting) */
 
     uint64_t start_ms, last_active_ms;
@@ -143,6 +143,7 @@ bool relay_backend_congested(struct conn *c);     /* relay.c: stop reading the c
 void starttls_begin(struct conn *c);              /* starttls.c: backend connected (pre-TLS) */
 void starttls_client_input(struct conn *c);       /* starttls.c */
 void starttls_backend_input(struct conn *c);      /* starttls.c */
+void starttls_backend_eof(struct conn *c);        /* starttls.c: the backend ended (pre-TLS) */
 void greeting_backend_input(struct conn *c);      /* starttls.c: after STARTTLS, fresh backend */
 void starttls_after_tls_client_input(struct conn *c, struct buf *b); /* starttls.c: decrypted bytes */
 void proxyin_begin(struct conn *c);               /* proxyin.c: check the source, wait for the header */

@@ -1,6 +1,7 @@
 /* IMAP before TLS (RFC 9051 / 3501 §6.2.1): tagged commands, capabilities in the greeting's
  * [CAPABILITY …] code, in untagged CAPABILITY responses and in tagged OK codes. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "proxy/st_internal.h"
@@ -17,86 +18,94 @@ static enum st_kind imap_classify(struct st_session *s, const char *line, size_t
     const char *tag, *cmd;
     size_t tlen, clen;
     const char *rest = st_first_word(line, len, &tag, &tlen);
-    if (tlen == 0 || tlen >= sizeof s->tag || rest == line + len || tag[0] == '*' || tag[0] == '+')
+    /* A tag may be as long as the line allows (RFC 9051 sets no limit of its own). */
+    if (tlen == 0 || rest == line + len || tag[0] == '*' || tag[0] == '+')
         return ST_KIND_OTHER;
     const char *args = st_first_word(rest, (size_t)(line + len - rest), &cmd, &clen);
     bool login = st_word_is(cmd, clen, "LOGIN") || st_word_is(cmd, clen, "AUTHENTICATE");
     if (has_literal(line, len))
         return login ? ST_KIND_LOGIN : ST_KIND_OTHER;
-    if (st_word_is(cmd, clen, "STARTTLS")) {
-        if (args != line + len)
-            return ST_KIND_BAD_STARTTLS;
-        memcpy(s->tag, tag, tlen);
-        s->tag[tlen] = 0;
-        return ST_KIND_STARTTLS;
-    }
+    if (st_word_is(cmd, clen, "STARTTLS"))
+        return args != line + len ? ST_KIND_BAD_STARTTLS : ST_KIND_STARTTLS;
     if (st_word_is(cmd, clen, "CAPABILITY"))
         return ST_KIND_CAPA;
+    if (st_word_is(cmd, clen, "LOGOUT"))
+        s->quit_asked = true;
     if (st_word_is(cmd, clen, "NOOP") || st_word_is(cmd, clen, "LOGOUT") || st_word_is(cmd, clen, "ID"))
         return ST_KIND_HARMLESS;
     return login ? ST_KIND_LOGIN : ST_KIND_OTHER;
 }
 
-static size_t imap_refuse(const struct st_session *s, enum st_kind kind, const char *line,
-                          size_t len, char *out, size_t cap)
+static int imap_refuse(const struct st_session *s, enum st_kind kind, const char *line,
+                       size_t len, const struct st_sink *out)
 {
     (void)s;
     const char *tag;
     size_t tlen;
     st_first_word(line, len, &tag, &tlen);
-    if (tlen == 0 || tlen > 63) {
+    if (tlen == 0) {
         tag = "*";
         tlen = 1;
     }
-    const char *text = kind == ST_KIND_BAD_STARTTLS ? "BAD STARTTLS takes no arguments"
-                       : kind == ST_KIND_STARTTLS   ? "BAD TLS is already active"
-                                                   : "NO [PRIVACYREQUIRED] TLS is required: use STARTTLS first";
-    int n = snprintf(out, cap, "%.*s %s\r\n", (int)tlen, tag, text);
-    return n < 0 ? 0 : (size_t)n;
+    const char *text = kind == ST_KIND_BAD_STARTTLS ? " BAD STARTTLS takes no arguments\r\n"
+                       : kind == ST_KIND_STARTTLS   ? " BAD TLS is already active\r\n"
+                                                   : " NO [PRIVACYREQUIRED] TLS is required: use STARTTLS first\r\n";
+    if (out->to_client(out->ctx, tag, tlen) < 0)
+        return -1;
+    return st_say(out, text);
 }
 
-/* After TLS: relays LINE with STARTTLS removed from the capability list [START, END). */
-static int remove_starttls(const char *line, size_t len, size_t start, size_t end,
-                           const struct st_sink *sink)
+/* Relays LINE with the capability list [START, END) edited for the session: before TLS
+ * STARTTLS is added, and on a required listener the AUTH= mechanisms are dropped and
+ * LOGINDISABLED added (what Dovecot's disable_plaintext_auth shows); once TLS is up the
+ * backend's own STARTTLS is dropped. The line is rebuilt whole and sent in one piece (once TLS
+ * is up, each piece would be a record of its own). */
+static int edit_capabilities(const struct st_session *s, const char *line, size_t len,
+                             size_t start, size_t end, const struct st_sink *sink)
 {
-    int r = sink->to_client(sink->ctx, line, start);
+    char *out = malloc(len + sizeof " STARTTLS LOGINDISABLED");
+    if (!out)
+        return -1;
+    memcpy(out, line, start);
+    size_t n = start;
     bool space = !(start && line[start - 1] == ' '); /* "* CAPABILITY" vs "[CAPABILITY " */
+    bool has_starttls = false, has_logindisabled = false;
     size_t i = start;
-    while (r == 0 && i < end) {
+    while (i < end) {
         while (i < end && line[i] == ' ')
             i++;
         size_t t = i;
         while (i < end && line[i] != ' ')
             i++;
-        if (i == t || st_word_is(line + t, i - t, "STARTTLS"))
+        const char *tok = line + t;
+        size_t tl = i - t;
+        if (tl == 0)
             continue;
+        if (st_word_is(tok, tl, "STARTTLS")) {
+            if (st_tls_active(s))
+                continue;
+            has_starttls = true;
+        }
+        if (st_login_hidden(s) && st_word_starts(tok, tl, "AUTH="))
+            continue;
+        if (st_word_is(tok, tl, "LOGINDISABLED"))
+            has_logindisabled = true;
         if (space)
-            r = sink->to_client(sink->ctx, " ", 1);
-        if (r == 0)
-            r = sink->to_client(sink->ctx, line + t, i - t);
+            out[n++] = ' ';
+        memcpy(out + n, tok, tl);
+        n += tl;
         space = true;
     }
-    if (r == 0)
-        r = sink->to_client(sink->ctx, line + end, len - end);
-    return r;
-}
-
-/* Relays LINE with STARTTLS (and, when TLS is required, LOGINDISABLED) added to the
- * capability list that ends at offset END; after TLS, with STARTTLS removed. */
-static int add_capabilities(const struct st_session *s, const char *line, size_t len,
-                            size_t start, size_t end, const struct st_sink *sink)
-{
-    if (s->after_tls)
-        return remove_starttls(line, len, start, end, sink);
-    const char *caps = line + start;
-    size_t caps_len = end - start;
-    int r = sink->to_client(sink->ctx, line, end);
-    if (r == 0 && !st_has_token(caps, caps_len, "STARTTLS"))
-        r = sink->to_client(sink->ctx, " STARTTLS", 9);
-    if (r == 0 && s->required && !st_has_token(caps, caps_len, "LOGINDISABLED"))
-        r = sink->to_client(sink->ctx, " LOGINDISABLED", 14);
-    if (r == 0)
-        r = sink->to_client(sink->ctx, line + end, len - end);
+    if (!st_tls_active(s) && !has_starttls) {
+        n += (size_t)sprintf(out + n, space ? " STARTTLS" : "STARTTLS");
+        space = true;
+    }
+    if (st_login_hidden(s) && !has_logindisabled)
+        n += (size_t)sprintf(out + n, space ? " LOGINDISABLED" : "LOGINDISABLED");
+    memcpy(out + n, line + end, len - end);
+    n += len - end;
+    int r = sink->to_client(sink->ctx, out, n);
+    free(out);
     return r;
 }
 
@@ -126,17 +135,20 @@ static int imap_backend_line(struct st_session *s, enum st_kind kind, const char
     bool untagged = bare >= 2 && line[0] == '*' && line[1] == ' ';
     bool continuation = bare >= 1 && line[0] == '+';
     *done = kind == ST_KIND_GREETING || (!untagged && !continuation);
-    if (untagged && bare >= 13 && st_word_is(line + 2, 10, "CAPABILITY") &&
+    if (untagged && bare >= 12 && st_word_is(line + 2, 10, "CAPABILITY") &&
         (bare == 12 || line[12] == ' '))
-        return add_capabilities(s, line, len, 12, bare, sink);
+        return edit_capabilities(s, line, len, 12, bare, sink);
     if (find_capability_code(line, bare, &start, &end))
-        return add_capabilities(s, line, len, start, end, sink);
+        return edit_capabilities(s, line, len, start, end, sink);
     return sink->to_client(sink->ctx, line, len);
 }
 
-static void imap_starttls_reply(struct st_session *s)
+static int imap_starttls_reply(struct st_session *s, const char *line, size_t len)
 {
-    snprintf(s->reply, sizeof s->reply, "%s OK Begin TLS negotiation now\r\n", s->tag);
+    const char *tag;
+    size_t tlen;
+    st_first_word(line, len, &tag, &tlen);
+    return st_set_reply(s, tag, tlen, " OK Begin TLS negotiation now\r\n");
 }
 
 const struct st_ops st_imap_ops = {

@@ -7,7 +7,6 @@
 
 static enum st_kind pop3_classify(struct st_session *s, const char *line, size_t len)
 {
-    (void)s;
     const char *cmd;
     size_t clen;
     const char *args = st_first_word(line, len, &cmd, &clen);
@@ -15,6 +14,8 @@ static enum st_kind pop3_classify(struct st_session *s, const char *line, size_t
         return args == line + len ? ST_KIND_STARTTLS : ST_KIND_BAD_STARTTLS;
     if (st_word_is(cmd, clen, "CAPA"))
         return ST_KIND_CAPA;
+    if (st_word_is(cmd, clen, "QUIT"))
+        s->quit_asked = true;
     if (st_word_is(cmd, clen, "NOOP") || st_word_is(cmd, clen, "QUIT"))
         return ST_KIND_HARMLESS;
     if (st_word_is(cmd, clen, "USER") || st_word_is(cmd, clen, "PASS") ||
@@ -23,21 +24,16 @@ static enum st_kind pop3_classify(struct st_session *s, const char *line, size_t
     return ST_KIND_OTHER;
 }
 
-static size_t pop3_refuse(const struct st_session *s, enum st_kind kind, const char *line,
-                          size_t len, char *out, size_t cap)
+static int pop3_refuse(const struct st_session *s, enum st_kind kind, const char *line,
+                       size_t len, const struct st_sink *out)
 {
     (void)s;
     (void)line;
     (void)len;
-    const char *text = kind == ST_KIND_BAD_STARTTLS ? "-ERR STLS takes no arguments\r\n"
+    return st_say(out, kind == ST_KIND_BAD_STARTTLS ? "-ERR STLS takes no arguments\r\n"
                        : kind == ST_KIND_STARTTLS   ? "-ERR TLS is already active\r\n"
                        : kind == ST_KIND_LOGIN ? "-ERR [AUTH] TLS is required: use STLS first\r\n"
-                                               : "-ERR TLS is required: use STLS first\r\n";
-    size_t n = strlen(text);
-    if (n > cap)
-        n = cap;
-    memcpy(out, text, n);
-    return n;
+                                               : "-ERR TLS is required: use STLS first\r\n");
 }
 
 static int pop3_backend_line(struct st_session *s, enum st_kind kind, const char *line, size_t len,
@@ -51,8 +47,7 @@ static int pop3_backend_line(struct st_session *s, enum st_kind kind, const char
     }
     if (bare == 1 && line[0] == '.') {
         *done = true;
-        if (!s->after_tls && !s->response_has_starttls &&
-            sink->to_client(sink->ctx, "STLS\r\n", 6) < 0)
+        if (!st_tls_active(s) && !s->response_has_starttls && st_say(sink, "STLS\r\n") < 0)
             return -1;
         return sink->to_client(sink->ctx, line, len);
     }
@@ -61,16 +56,21 @@ static int pop3_backend_line(struct st_session *s, enum st_kind kind, const char
     size_t wlen;
     st_first_word(line, bare, &word, &wlen);
     if (st_word_is(word, wlen, "STLS")) {
-        if (s->after_tls)
+        if (st_tls_active(s))
             return 0; /* TLS is up: not offered any more */
         s->response_has_starttls = true;
     }
+    /* Required listener before TLS: no login offered (Dovecot's disable_plaintext_auth). */
+    if (st_login_hidden(s) && (st_word_is(word, wlen, "USER") || st_word_is(word, wlen, "SASL")))
+        return 0;
     return sink->to_client(sink->ctx, line, len);
 }
 
-static void pop3_starttls_reply(struct st_session *s)
+static int pop3_starttls_reply(struct st_session *s, const char *line, size_t len)
 {
-    snprintf(s->reply, sizeof s->reply, "+OK Begin TLS negotiation\r\n");
+    (void)line;
+    (void)len;
+    return st_set_reply(s, "", 0, "+OK Begin TLS negotiation\r\n");
 }
 
 const struct st_ops st_pop3_ops = {

@@ -2,7 +2,9 @@
  * the capability edited, client lines checked, and at STARTTLS the switch — pipelined bytes
  * dropped (CVE-2011-0411, CVE-2014-3556), the plaintext backend session closed, the handshake
  * run, and a fresh backend session opened whose PROXY header can now carry the TLS facts and
- * the SNI name. The fresh session's greeting is swallowed: the client already had one. */
+ * the SNI name. The fresh session's greeting is swallowed: the client already had one. The
+ * same engine then edits that session, and an implicit-TLS listener's, until the client logs
+ * in. A client that half-closes before TLS has its end passed on, as in the relay. */
 #include <stdio.h>
 #include <string.h>
 
@@ -42,37 +44,72 @@ static void begin_tls(struct conn *c)
     tls_begin(c);
 }
 
-static void go_blind(struct conn *c)
+/* The engine is done: what it holds and the backend bytes waiting for the end of their line go
+ * to the client as they are, and from here the relay carries bytes unchanged. */
+static int release_engine(struct conn *c)
 {
-    /* Backend bytes that were waiting for the end of their line go through as they are. */
+    struct st_sink sink = { c, to_client, to_backend };
+    if (st_flush(c->st, &sink) < 0)
+        return -1;
     if (c->bin && buf_unread(c->bin)) {
         if (conn_send_client(c, c->bin->data + c->bin->off, buf_unread(c->bin)) < 0)
-            return;
+            return -1;
+        c->bytes_down += buf_unread(c->bin);
         c->bin->off = c->bin->len;
     }
-    if (conn_flush_client(c) < 0 || conn_flush_backend(c) < 0)
-        return;
+    if (c->pin && buf_unread(c->pin) && !c->client_done &&
+        conn_send_backend(c, c->pin->data + c->pin->off, buf_unread(c->pin)) < 0)
+        return -1;
+    buf_put(c->pin);
+    c->pin = NULL;
     st_free(c->st);
     c->st = NULL;
+    return conn_flush_backend(c) < 0 ? -1 : conn_flush_client(c);
+}
+
+/* A blind client keeps the engine only while a refusal still waits for the responses ahead
+ * of it, so that its replies stay in order. */
+static bool engine_finished(const struct conn *c)
+{
+    return c->st && st_is_blind(c->st) && !st_refusals_queued(c->st);
+}
+
+static void go_blind(struct conn *c)
+{
+    if (conn_flush_client(c) < 0 || conn_flush_backend(c) < 0)
+        return;
+    if (engine_finished(c) && release_engine(c) < 0)
+        return;
     relay_start(c);
+    if (c->state == CONN_RELAY && c->client_eof)
+        relay_client_eof(c);
+}
+
+/* The client ended its stream before TLS. Like a half-close in the relay, the end is passed on
+ * to the backend, whose answers to what the client sent still reach the client (EHLO + QUIT +
+ * FIN). An unfinished line is dropped, never forwarded unread. */
+static void client_eof_pre_tls(struct conn *c)
+{
+    if (c->cin)
+        c->cin->off = c->cin->len;
+    if (st_starttls_asked(c->st)) {
+        conn_fail_with_reply(c, OUT_OK, NULL); /* no TLS to run on a closed stream */
+        return;
+    }
+    relay_client_eof(c);
 }
 
 void starttls_begin(struct conn *c)
 {
     conn_backend_read_start(c);
     conn_client_read_start(c);
-    if (c->cin && buf_unread(c->cin))
+    if ((c->cin && buf_unread(c->cin)) || c->client_eof)
         starttls_client_input(c);
 }
 
-void starttls_client_input(struct conn *c)
+static void client_lines(struct conn *c)
 {
     struct buf *b = c->cin;
-    if (!c->backend_connected) {
-        /* Only after a PROXY header: bytes before the backend is there wait in c->cin. */
-        conn_client_read_stop(c);
-        return;
-    }
     if (st_starttls_asked(c->st)) {
         c->discarded += buf_unread(b);
         b->off = b->len;
@@ -104,6 +141,19 @@ void starttls_client_input(struct conn *c)
     }
 }
 
+void starttls_client_input(struct conn *c)
+{
+    if (!c->backend_connected) {
+        /* Only after a PROXY header: bytes before the backend is there wait in c->cin. */
+        conn_client_read_stop(c);
+        return;
+    }
+    if (c->cin && buf_unread(c->cin))
+        client_lines(c);
+    if (c->state == CONN_PRE_TLS && c->client_eof)
+        client_eof_pre_tls(c);
+}
+
 void starttls_backend_input(struct conn *c)
 {
     struct buf *b = c->bin;
@@ -114,13 +164,36 @@ void starttls_backend_input(struct conn *c)
     c->bytes_down += used;
     if (conn_flush_client(c) < 0)
         return;
+    if (ev == ST_CLOSE && c->state == CONN_RELAY && c->listener->conf->tls == CONF_TLS_IMPLICIT) {
+        /* Implicit TLS: editing the backend's STARTTLS out is a courtesy, not a guard; a
+         * backend whose lines the engine cannot read is relayed as it is. */
+        release_engine(c);
+        return;
+    }
     if (ev == ST_CLOSE) {
         snprintf(c->error, sizeof c->error, "backend line too long");
         conn_fail_with_reply(c, OUT_BACKEND_ERROR, conn_unavailable_reply(c));
         return;
     }
+    if (engine_finished(c)) {
+        release_engine(c);
+        return;
+    }
     if (st_starttls_ready(c->st))
         begin_tls(c);
+}
+
+void starttls_backend_eof(struct conn *c)
+{
+    /* After the client's own QUIT / LOGOUT, or its end of stream, the backend closing is the
+     * session's normal end; otherwise it went away (a restart, a crash) and a client still
+     * waiting for an answer gets the protocol's "try later". */
+    bool quit = st_client_quit(c->st);
+    bool normal = quit || c->client_done;
+    if (!normal)
+        snprintf(c->error, sizeof c->error, "backend closed the session");
+    conn_fail_with_reply(c, normal ? OUT_OK : OUT_BACKEND_ERROR,
+                         st_awaiting_response(c->st) && !quit ? conn_unavailable_reply(c) : NULL);
 }
 
 void greeting_backend_input(struct conn *c)
@@ -137,7 +210,7 @@ void greeting_backend_input(struct conn *c)
     b->off += (uint32_t)n;
     /* The relay still edits capabilities (STARTTLS must not be offered again) until the
      * client goes blind. */
-    c->st = st_new_after_tls(c->listener->conf->proto);
+    c->st = st_new(c->listener->conf->proto, ST_AFTER_STARTTLS);
     if (!c->st) {
         conn_close(c, OUT_NOMEM);
         return;
@@ -148,37 +221,8 @@ void greeting_backend_input(struct conn *c)
         starttls_backend_input(c);
 }
 
-/* After STARTTLS: the client went blind (logged in, or a command the engine does not know):
- * everything held is sent on and the relay carries bytes unchanged from here. */
-static void after_tls_blind(struct conn *c, struct buf *b)
-{
-    struct st_sink sink = { c, to_client, to_backend };
-    if (st_flush(c->st, &sink) < 0)
-        goto out;
-    if (c->bin && buf_unread(c->bin)) {
-        if (conn_send_client(c, c->bin->data + c->bin->off, buf_unread(c->bin)) < 0)
-            goto out;
-        c->bytes_down += buf_unread(c->bin);
-        c->bin->off = c->bin->len;
-    }
-    st_free(c->st);
-    c->st = NULL;
-    if (conn_flush_backend(c) < 0)
-        goto out;
-    struct buf *rest = c->pin;
-    c->pin = NULL;
-    if (rest && buf_unread(rest))
-        relay_client_plaintext(c, rest);
-    else
-        buf_put(rest);
-    if (c->state == CONN_RELAY && buf_unread(b)) {
-        relay_client_plaintext(c, b);
-        return;
-    }
-out:
-    buf_put(b);
-}
-
+/* Once TLS is up (after STARTTLS, or on an implicit-TLS listener) and until the client goes
+ * blind: decrypted client bytes gather in c->pin until they make whole lines for the engine. */
 void starttls_after_tls_client_input(struct conn *c, struct buf *b)
 {
     if (c->state != CONN_RELAY) {
@@ -186,7 +230,7 @@ void starttls_after_tls_client_input(struct conn *c, struct buf *b)
         return;
     }
     struct st_sink sink = { c, to_client, to_backend };
-    while (buf_unread(b)) {
+    while (c->st && buf_unread(b)) {
         if (!c->pin && !(c->pin = buf_get())) {
             buf_put(b);
             conn_close(c, OUT_NOMEM);
@@ -216,14 +260,28 @@ void starttls_after_tls_client_input(struct conn *c, struct buf *b)
             conn_fail_with_reply(c, OUT_PROTOCOL, NULL);
             return;
         }
-        if (ev == ST_BLIND) {
-            after_tls_blind(c, b);
+        if (engine_finished(c) && release_engine(c) < 0) {
+            buf_put(b);
             return;
         }
     }
-    buf_put(b);
     if (c->pin && !buf_unread(c->pin)) {
         buf_put(c->pin);
         c->pin = NULL;
     }
+    if (c->st && c->pin && c->listener->conf->tls == CONF_TLS_IMPLICIT &&
+        c->state == CONN_RELAY && release_engine(c) < 0) {
+        /* Implicit TLS: a client whose write ends mid-line is not sending mail commands one
+         * line at a time; it is relayed as it is rather than kept waiting for a line end. */
+        buf_put(b);
+        return;
+    }
+    if (!c->st && c->state == CONN_RELAY && buf_unread(b)) {
+        /* The engine let go mid-buffer (the client went blind): the rest goes as it is. */
+        relay_client_plaintext(c, b);
+        return;
+    }
+    buf_put(b);
+    if (c->state == CONN_RELAY && relay_backend_congested(c))
+        conn_client_read_stop(c);
 }

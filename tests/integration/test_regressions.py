@@ -139,7 +139,8 @@ listeners = ( {listener} );
         raw = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s = insecure().wrap_socket(raw, server_hostname="mail.alpha.test")
-        s.sendall(b"x")
+        # A whole line: before login an IMAP listener reads the client's commands by lines.
+        s.sendall(b"x\r\n")
         time.sleep(0.5 * SLOW)
         reset(s)
         proc.wait_log(r"conn listener=imaps .*outcome=client_error .*client write", timeout=10)
