@@ -3,7 +3,7 @@
 # builds, and runs the unit and integration tests.
 CC      ?= cc
 SHELL   := /bin/bash
-PKGS    := openssl libuv libconfig
+PKGS    := openssl libuv libconfig libcurl jansson
 SANITIZE ?= 0
 
 CFLAGS  ?= -O2 -g

@@ -4,8 +4,8 @@
 # every time. Usage: scripts/deps.sh [build|test|bench|fuzz|all]   (default: test)
 set -euo pipefail
 
-build_pkgs="gcc make pkg-config libssl-dev libuv1-dev libconfig-dev libjemalloc-dev openssl"
-test_pkgs="$build_pkgs curl python3 swaks libnet-ssleay-perl testssl.sh procps iproute2 dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix valgrind clang-14 libclang-rt-14-dev llvm-14 man-db hitch haproxy stunnel4 util-linux"
+build_pkgs="gcc make pkg-config libssl-dev libuv1-dev libconfig-dev libjemalloc-dev libcurl4-openssl-dev libjansson-dev openssl"
+test_pkgs="$build_pkgs curl python3 swaks libnet-ssleay-perl testssl.sh procps iproute2 dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix valgrind clang-14 libclang-rt-14-dev llvm-14 man-db hitch haproxy stunnel4 util-linux pebble"
 bench_pkgs="$test_pkgs hitch haproxy stunnel4 util-linux"
 fuzz_pkgs="$build_pkgs clang-14 libclang-rt-14-dev llvm-14"
 audit_pkgs="$test_pkgs testssl.sh"
