@@ -70,6 +70,28 @@ struct conf_route {
     int line;
 };
 
+enum conf_acme_challenge { CONF_ACME_TLS_ALPN_01, CONF_ACME_HTTP_01, CONF_ACME_CHALLENGES };
+enum conf_acme_key { CONF_ACME_KEY_ECDSA, CONF_ACME_KEY_RSA };
+
+/* The acme = { } block (SPEC.md, "ACME"). enabled is false when the block is absent. */
+struct conf_acme {
+    bool enabled;
+    char *directory;                      /* https:// URL of the CA's directory */
+    char *contact;                        /* NULL = register without one */
+    char *storage;                        /* absolute folder: account, challenges, certificates, locks */
+    char *ca_file;                        /* NULL = the system's trust store */
+    enum conf_acme_challenge challenges[CONF_ACME_CHALLENGES]; /* in order of preference */
+    size_t n_challenges;
+    char **names;                         /* patterns, lower-cased, each with one "%d" */
+    size_t n_names;
+    enum conf_acme_key key_type;          /* of the certificates' keys (the account is ES256) */
+    unsigned pace_orders;                 /* at most this many new orders ... */
+    unsigned pace_window_s;               /* ... per this many seconds (default 300 per 3 h) */
+    unsigned renew_before_days;           /* 0 = ARI, else two thirds of the lifetime */
+    unsigned backoff_min_s, backoff_max_s; /* a failing domain waits min, 2 min, ... up to max */
+    int line;
+};
+
 struct conf {
     char *path;
     unsigned workers;                     /* 0 = one per CPU core */
@@ -103,6 +125,7 @@ struct conf {
     size_t n_routes;
     char **domains;                       /* customer domains: lower-cased, no trailing dot, unique */
     size_t n_domains;
+    struct conf_acme acme;
     char **includes;                      /* files @included (absolute paths), for the watcher */
     size_t n_includes;
 };
@@ -121,5 +144,10 @@ int conf_parse_addr(const char *text, struct conf_addr *addr);
 bool conf_cidr_match(const struct conf_cidr *cidr, const struct sockaddr *addr);
 
 const char *conf_proto_name(enum conf_proto proto);
+const char *conf_acme_challenge_name(enum conf_acme_challenge c);
+
+/* Writes PATTERN (an acme.names entry) with "%d" replaced by DOMAIN into OUT. Returns the length,
+ * or -ENAMETOOLONG when it does not fit CAP. */
+int conf_acme_name(const char *pattern, const char *domain, char *out, size_t cap);
 
 #endif

@@ -90,6 +90,10 @@ void conf_parse_listeners(struct conf_ctx *ctx, struct conf *conf, const config_
 void conf_check_backend_loops(struct conf_ctx *ctx, const struct conf *conf,
                               const config_setting_t *root);
 
+/* acme.c: the acme = { } block; conf_acme_free releases what it holds (not A itself). */
+void conf_parse_acme(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root);
+void conf_acme_free(struct conf_acme *a);
+
 /* addr.c */
 int conf_addr_parse(const char *text, struct conf_addr *addr, const char **why);
 int conf_cidr_parse(const char *text, struct conf_cidr *cidr, const char **why);

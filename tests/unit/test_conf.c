@@ -841,6 +841,97 @@ static void test_domains(void)
                "3: domains: expected a list of host names");
 }
 
+/* acme = { }: SPEC.md's example loads as written; defaults; each mistake at its line. */
+#define ACME_OK "acme = {\n  directory = \"https://ca.example/dir\";\n  storage = \"acme\";\n" \
+    "  names = [ \"mail.%d\", \"Webmail.%d\", \"%d\" ];\n"
+static void test_acme(void)
+{
+    struct conf *c = NULL;
+    char *err = NULL, name[64];
+
+    CHECK(load(TLS_OK L_OK, &c, &err) == 0);
+    CHECK(c && !c->acme.enabled);
+    conf_free(c);
+    c = NULL;
+    CHECK(load(TLS_OK L_OK ACME_OK "};\n", &c, &err) == 0);
+    CHECK(c && c->acme.enabled);
+    if (c && c->acme.enabled) {
+        char want[PATH_MAX + 8];
+        snprintf(want, sizeof want, "%s/acme", dir);
+        CHECK_STR(c->acme.directory, "https://ca.example/dir");
+        CHECK_STR(c->acme.storage, want);
+        CHECK(c->acme.contact == NULL && c->acme.ca_file == NULL);
+        CHECK(c->acme.n_names == 3);
+        CHECK_STR(c->acme.names[1], "webmail.%d");
+        CHECK(c->acme.n_challenges == 2 && c->acme.challenges[0] == CONF_ACME_TLS_ALPN_01 &&
+              c->acme.challenges[1] == CONF_ACME_HTTP_01);
+        CHECK(c->acme.key_type == CONF_ACME_KEY_ECDSA);
+        CHECK(c->acme.pace_orders == 300 && c->acme.pace_window_s == 10800);
+        CHECK(c->acme.renew_before_days == 0);
+        CHECK(c->acme.backoff_min_s == 60 && c->acme.backoff_max_s == 86400);
+        CHECK(conf_acme_name(c->acme.names[0], "alpha.example", name, sizeof name) == 18);
+        CHECK_STR(name, "mail.alpha.example");
+        CHECK(conf_acme_name(c->acme.names[2], "alpha.example", name, sizeof name) == 13);
+        CHECK(conf_acme_name(c->acme.names[0], "alpha.example", name, 18) == -ENAMETOOLONG);
+    }
+    conf_free(c);
+    c = NULL;
+    CHECK(load(TLS_OK L_OK ACME_OK "  contact = \"mailto:h@example.net\"; ca_file = \"/etc/ca.pem\";\n"
+               "  challenges = [ \"http-01\" ]; key_type = \"rsa\"; pace_orders = 10;\n"
+               "  pace_window = 60; renew_before_days = 3000; backoff_min = 1; backoff_max = 5;\n};\n",
+               &c, &err) == 0);
+    if (c) {
+        CHECK_STR(c->acme.contact, "mailto:h@example.net");
+        CHECK_STR(c->acme.ca_file, "/etc/ca.pem");
+        CHECK(c->acme.n_challenges == 1 && c->acme.challenges[0] == CONF_ACME_HTTP_01);
+        CHECK(c->acme.key_type == CONF_ACME_KEY_RSA);
+        CHECK(c->acme.pace_orders == 10 && c->acme.pace_window_s == 60);
+        CHECK(c->acme.renew_before_days == 3000);
+        CHECK(c->acme.backoff_min_s == 1 && c->acme.backoff_max_s == 5);
+    }
+    conf_free(c);
+    free(err);
+
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  storage = \"/a\"; names = [ \"mail.%d\" ];\n};\n",
+               "3: acme: missing required key \"directory\"");
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  directory = \"http://ca/dir\";\n  storage = \"/a\"; names = [ \"mail.%d\" ];\n};\n",
+               "4: acme.directory: expected an https:// URL of the CA's directory");
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  directory = \"https://ca/dir\"; names = [ \"mail.%d\" ];\n};\n",
+               "3: acme: missing required key \"storage\"");
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  directory = \"https://ca/dir\"; storage = \"/a\";\n};\n",
+               "3: acme: missing required key \"names\" (such as [ \"mail.%%d\", \"webmail.%%d\" ])");
+    EXPECT_ERR(TLS_OK L_OK ACME_OK "  challenges = [ \"dns-01\" ];\n};\n",
+               "7: acme.challenges[0]: \"dns-01\": expected \"tls-alpn-01\" or \"http-01\"");
+    EXPECT_ERR(TLS_OK L_OK ACME_OK "  challenges = [ \"http-01\",\n \"http-01\" ];\n};\n",
+               "8: acme.challenges[1]: \"http-01\" is already listed");
+    EXPECT_ERR(TLS_OK L_OK ACME_OK "  challenges = [ ];\n};\n", "7: acme.challenges: must not be empty");
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  directory = \"https://ca/dir\"; storage = \"/a\";\n"
+               "  names = [ \"mail.example.com\" ];\n};\n",
+               "5: acme.names[0]: \"mail.example.com\": needs exactly one %%d, at the end (\"mail.%%d\")");
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  directory = \"https://ca/dir\"; storage = \"/a\";\n"
+               "  names = [ \"mail.%d.%d\" ];\n};\n",
+               "5: acme.names[0]: \"mail.%%d.%%d\": needs exactly one %%d, at the end (\"mail.%%d\")");
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  directory = \"https://ca/dir\"; storage = \"/a\";\n"
+               "  names = [ \"mail%d\" ];\n};\n",
+               "5: acme.names[0]: \"mail%%d\": needs exactly one %%d, at the end (\"mail.%%d\")");
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  directory = \"https://ca/dir\"; storage = \"/a\";\n"
+               "  names = [ \"*.%d\" ];\n};\n",
+               "5: acme.names[0]: \"*.%%d\": wildcards need DNS-01, which mailsnid does not answer");
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  directory = \"https://ca/dir\"; storage = \"/a\";\n"
+               "  names = [ \"a..%d\" ];\n};\n",
+               "5: acme.names[0]: \"a..%%d\": empty label in host name");
+    EXPECT_ERR(TLS_OK L_OK "acme = {\n  directory = \"https://ca/dir\"; storage = \"/a\";\n"
+               "  names = [ \"mail.%d\",\n \"MAIL.%d\" ];\n};\n",
+               "6: acme.names[1]: \"MAIL.%%d\" is already listed");
+    EXPECT_ERR(TLS_OK L_OK ACME_OK "  key_type = \"dsa\";\n};\n",
+               "7: acme.key_type: \"dsa\" is not one of \"ecdsa\", \"rsa\"");
+    EXPECT_ERR(TLS_OK L_OK ACME_OK "  pace_orders = 0;\n};\n", "7: acme.pace_orders: must be at least 1");
+    EXPECT_ERR(TLS_OK L_OK ACME_OK "  pace_window = 0;\n};\n", "7: acme.pace_window: must be at least 1 second");
+    EXPECT_ERR(TLS_OK L_OK ACME_OK "  backoff_min = 10; backoff_max = 5;\n};\n",
+               "3: acme: backoff_max (5) is less than backoff_min (10)");
+    EXPECT_ERR(TLS_OK L_OK ACME_OK "  renew = 1;\n};\n", "7: acme.renew: unknown key");
+}
+
 static void test_drain_grace(void)
 {
     struct conf *c = NULL;
@@ -894,6 +985,7 @@ int main(void)
     test_backend_loops();
     test_domains();
     test_drain_grace();
+    test_acme();
 
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         char p[PATH_MAX + 64];
