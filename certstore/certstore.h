@@ -108,6 +108,13 @@ void cs_current_set(struct cs_current *current, struct cs_store *store); /* take
  * do not add up fails the handshake with a decode_error alert. CURRENT must outlive CTX. */
 void cs_select_install(SSL_CTX *ctx, struct cs_current *current);
 
+/* The callback itself, for a ClientHello callback that handles some hellos on its own (the
+ * ACME TLS-ALPN-01 responder) and hands the rest to this one. */
+int cs_select_client_hello(SSL *ssl, int *alert, struct cs_current *current);
+/* Inside a ClientHello callback: the normalised SNI name into OUT. Returns its length, 0 when
+ * there is none (or it is not a host name), -EINVAL when the extension is garbled. */
+int cs_client_hello_sni(SSL *ssl, char out[CS_NAME_MAX + 1]);
+
 /* After the handshake: what the callback chose for this SSL. */
 struct cs_choice {
     enum cs_kind kind;

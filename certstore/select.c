@@ -76,9 +76,30 @@ static int choice_ex_index(void)
     return choice_index;
 }
 
+int cs_client_hello_sni(SSL *ssl, char out[CS_NAME_MAX + 1])
+{
+    const unsigned char *ext = NULL, *sni = NULL;
+    size_t ext_len = 0, sni_len = 0;
+    out[0] = '\0';
+    if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &ext_len))
+        return 0;
+    if (cs_sni_parse(ext, ext_len, &sni, &sni_len) < 0)
+        return -EINVAL;
+    if (!sni)
+        return 0;
+    int n = cs_name_normalize((const char *)sni, sni_len, false, out);
+    if (n < 0)
+        out[0] = '\0';
+    return n < 0 ? 0 : n;
+}
+
 static int client_hello_cb(SSL *ssl, int *alert, void *arg)
 {
-    struct cs_current *current = arg;
+    return cs_select_client_hello(ssl, alert, arg);
+}
+
+int cs_select_client_hello(SSL *ssl, int *alert, struct cs_current *current)
+{
     const unsigned char *ext = NULL, *sni = NULL;
     size_t ext_len = 0, sni_len = 0;
     char norm[CS_NAME_MAX + 1];

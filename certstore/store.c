@@ -117,7 +117,48 @@ struct build {
     size_t n_refs, refs_cap;
     struct cs_stats stats;
     bool oom;
+    /* While the ACME storage is read: the names the operator's pairs cover (sorted), which an
+     * ACME pair does not take. */
+    struct covered *covered;
+    char *covered_names;
+    size_t n_covered, n_dropped;
 };
+
+struct covered {
+    const char *name;                     /* into build.names */
+    uint32_t len;
+    bool wild;
+};
+
+static int covered_cmp(const void *a, const void *b)
+{
+    const struct covered *x = a, *y = b;
+    if (x->wild != y->wild)
+        return x->wild ? 1 : -1;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->name, y->name, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* Does an operator pair cover NAME, exactly or by a wildcard? */
+static bool is_covered(const struct build *b, const char *name, size_t len)
+{
+    if (!b->covered)
+        return false;
+    struct covered key = { name, (uint32_t)len, false };
+    if (len > 2 && name[0] == '*') {
+        key.name += 2;
+        key.len -= 2;
+        key.wild = true;
+    }
+    if (bsearch(&key, b->covered, b->n_covered, sizeof key, covered_cmp))
+        return true;
+    const char *dot = key.wild ? NULL : memchr(name, '.', len);
+    if (!dot)
+        return false;
+    key = (struct covered){ dot + 1, (uint32_t)(len - (size_t)(dot + 1 - name)), true };
+    return bsearch(&key, b->covered, b->n_covered, sizeof key, covered_cmp) != NULL;
+}
 
 /* Returns a new reference to the pair for CERT/KEY: one already taken in this build, the
  * previous snapshot's when its files have not changed, or a freshly loaded one. */
@@ -227,7 +268,10 @@ struct cert_names {
 static void cert_name_cb(void *arg, const char *name, size_t len)
 {
     struct cert_names *cn = arg;
-    cn->n += name_add(cn->b, name, len, cn->pair);
+    if (is_covered(cn->b, name, len))
+        cn->b->n_dropped++;
+    else
+        cn->n += name_add(cn->b, name, len, cn->pair);
 }
 
 static size_t names_from_cert(struct build *b, struct cs_pair *p, const char *where)
@@ -311,10 +355,12 @@ static int skip_dots(const struct dirent *d)
 
 /* certbot's layout: DIR/NAME/{fullchain,privkey}.pem, where the files are symlinks into
  * ../../archive/NAME/. stat() and open() follow them; a README or stray file is passed over. */
-static void load_dir(struct build *b, const char *dir)
+static void load_dir(struct build *b, const char *dir, bool optional)
 {
     struct dirent **ents = NULL;
     int n = scandir(dir, &ents, skip_dots, alphasort);
+    if (n < 0 && optional && errno == ENOENT)
+        return;
     if (n < 0) {
         cs_msg_add(&b->errors, "%s:0: cert_dirs: cannot read %s: %s\n", conf_path(b->conf), dir,
                    strerror(errno));
@@ -352,10 +398,12 @@ static void load_dir(struct build *b, const char *dir)
             b->stats.skipped++;
             continue;
         }
-        size_t before = b->n_refs;
+        size_t before = b->n_refs, dropped = b->n_dropped;
         if (names_from_cert(b, p, cert) == 0) {
             b->n_refs = before;
             cs_pair_unref(p);
+            if (b->n_dropped > dropped)
+                continue;                 /* the operator's pairs cover every name */
             cs_msg_add(&b->warnings, "%s: skipped: no usable DNS name in the certificate\n", sub);
             b->stats.skipped++;
             continue;
@@ -365,6 +413,30 @@ static void load_dir(struct build *b, const char *dir)
     for (int i = 0; i < n; i++)
         free(ents[i]);
     free(ents);
+}
+
+/* What ACME obtained (acme.storage/certs, certbot's layout) comes last and takes only the
+ * names no valid operator pair covers: an operator's certificate for a name wins (SPEC.md). */
+static void load_acme(struct build *b, const char *storage)
+{
+    char dir[PATH_MAX];
+    time_t now = time(NULL);
+    if ((size_t)snprintf(dir, sizeof dir, "%s/certs", storage) >= sizeof dir)
+        return;
+    /* A copy of the names: adding the ACME pairs' names may move b->names. */
+    b->covered_names = malloc(b->names_len ? b->names_len : 1);
+    b->covered = malloc((b->n_refs ? b->n_refs : 1) * sizeof *b->covered);
+    if (!b->covered || !b->covered_names) {
+        b->oom = true;
+        return;
+    }
+    memcpy(b->covered_names, b->names, b->names_len);
+    for (size_t i = 0; i < b->n_refs; i++)
+        if (cs_pair_valid_at(b->refs[i].pair, now))
+            b->covered[b->n_covered++] = (struct covered){ b->covered_names + b->refs[i].off,
+                                                           b->refs[i].len, b->refs[i].wild };
+    qsort(b->covered, b->n_covered, sizeof *b->covered, covered_cmp);
+    load_dir(b, dir, true);
 }
 
 static void store_free(struct cs_store *s)
@@ -470,7 +542,12 @@ int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs
     for (size_t i = 0; i < conf->n_certs; i++)
         load_explicit(&b, &conf->certs[i]);
     for (size_t i = 0; i < conf->n_cert_dirs; i++)
-        load_dir(&b, conf->cert_dirs[i]);
+        load_dir(&b, conf->cert_dirs[i], false);
+    if (conf->acme.enabled && conf->acme.storage)
+        load_acme(&b, conf->acme.storage);
+    free(b.covered);
+    free(b.covered_names);
+    b.covered = NULL;
     if (b.oom)
         goto fail;
     if (b.errors.len) {

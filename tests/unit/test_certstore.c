@@ -661,6 +661,64 @@ static void test_previous(void)
 }
 
 /* A configuration with only the default pair; tests add what they need. */
+/* ACME's storage (acme.storage/certs, certbot's layout) comes after the operator's pairs and
+ * takes only the names they do not cover; a storage without certs/ yet is no error. */
+static void acme_pair(const char *dom, const char *const *sans, size_t n)
+{
+    char crt[256], key[256];
+    mkdirf("acme/certs/%s", dom);
+    pathf(crt, "acme/certs/%s/fullchain.pem", dom);
+    pathf(key, "acme/certs/%s/privkey.pem", dom);
+    gen_files(crt, key, false, NULL, sans, n, now - CG_DAY, now + 120 * CG_DAY); /* outlives the operator's */
+}
+
+static void test_acme_storage(void)
+{
+    struct conf c;
+    char *warnings = NULL, storage[256], want[300];
+    le_conf(&c);
+    pathf(storage, "acme");
+    c.acme.enabled = true;
+    c.acme.storage = storage;
+    struct cs_store *s = build_ok(&c, NULL, &warnings);
+    CHECK(s && !(warnings && strstr(warnings, "acme")));
+    free(warnings);
+    cs_store_unref(s);
+
+    const char *a[] = { "a.org", "mail.a.org" }, *b[] = { "www.b.org" }, *z[] = { "z.org" };
+    mkdirf("acme%s", "");
+    mkdirf("acme/certs%s", "");
+    acme_pair("a.org", a, 2);
+    acme_pair("b.org", b, 1);
+    acme_pair("z.org", z, 1);
+    s = build_ok(&c, NULL, &warnings);
+    if (!s)
+        return;
+    const struct cs_pair *pa = pair_for(s, "a.org"), *pm = pair_for(s, "mail.a.org");
+    const struct cs_pair *pb = pair_for(s, "www.b.org"), *pz = pair_for(s, "z.org");
+    snprintf(want, sizeof want, "%s/a.org/fullchain.pem", le_live);
+    CHECK(pa && strcmp(cs_pair_cert_path(pa), want) == 0);  /* the operator's, though older */
+    pathf(want, "acme/certs/a.org/fullchain.pem");
+    CHECK(pm && strcmp(cs_pair_cert_path(pm), want) == 0);  /* only ACME covers it */
+    snprintf(want, sizeof want, "%s/b.org/fullchain.pem", le_live);
+    CHECK(pb && strcmp(cs_pair_cert_path(pb), want) == 0);
+    pathf(want, "acme/certs/z.org/fullchain.pem");
+    CHECK(pz && strcmp(cs_pair_cert_path(pz), want) == 0);
+    struct cs_stats st;
+    cs_store_stats(s, &st);
+    CHECK(st.pairs == 5);                 /* default, a.org, b.org, ACME a.org and z.org */
+    CHECK(!(warnings && strstr(warnings, "acme/certs/b.org")));
+    free(warnings);
+    cs_store_unref(s);
+
+    /* Without the acme block, its storage is nobody's business. */
+    c.acme.enabled = false;
+    s = build_ok(&c, NULL, &warnings);
+    CHECK(s && !pair_for(s, "z.org"));
+    free(warnings);
+    cs_store_unref(s);
+}
+
 static void default_only_conf(struct conf *c)
 {
     memset(c, 0, sizeof(*c));
@@ -1070,6 +1128,7 @@ int main(int argc, char **argv)
     test_print();
     test_errors();
     test_cert_dirs();
+    test_acme_storage();
     test_previous();
     test_tld_wildcard();
     test_index_ties();
