@@ -26,8 +26,9 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
 
 CONF_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard conf/*.c))
 CS_OBJ    := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard certstore/*.c))
+ACME_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard acme/*.c))
 PROXY_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out proxy/main.c,$(wildcard proxy/*.c)))
-LIB_OBJ   := $(PROXY_OBJ) $(CS_OBJ) $(CONF_OBJ)
+LIB_OBJ   := $(PROXY_OBJ) $(ACME_OBJ) $(CS_OBJ) $(CONF_OBJ)
 MAIN_OBJ := $(BUILD)/obj/proxy/main.o
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -110,16 +111,17 @@ FUZZ_TIME ?= 60
 FUZZ_CC   := clang-14
 FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -I. -fno-omit-frame-pointer \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_TARGETS := conf sni proxyproto starttls
+FUZZ_TARGETS := conf sni proxyproto starttls acme
 FUZZ_SRC_conf := $(wildcard conf/*.c)
 FUZZ_SRC_sni := $(wildcard certstore/*.c)
 FUZZ_SRC_proxyproto := proxy/proxyproto.c
 FUZZ_SRC_starttls := proxy/st_engine.c proxy/st_imap.c proxy/st_pop3.c proxy/st_smtp.c
+FUZZ_SRC_acme := acme/parse.c acme/ari.c acme/jws.c acme/storage.c
 
 .SECONDEXPANSION:
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*)
 	@mkdir -p build-fuzz
-	$(FUZZ_CC) $(FUZZ_FLAGS) $< $(FUZZ_SRC_$*) -o $@ $(shell pkg-config --cflags --libs libconfig openssl) -lpthread
+	$(FUZZ_CC) $(FUZZ_FLAGS) $< $(FUZZ_SRC_$*) -o $@ $(shell pkg-config --cflags --libs libconfig openssl jansson) -lpthread
 
 fuzz:
 	@scripts/deps.sh fuzz

@@ -14,6 +14,7 @@
 #include <jemalloc/jemalloc.h>
 #endif
 
+#include "acme/acme.h"
 #include "certstore/certstore.h"
 #include "conf/conf.h"
 #include "proxy/log.h"
@@ -130,6 +131,7 @@ static int print_certs(const char *path)
     if (load_all(path, &conf, &store, true))
         return 1;
     cs_store_print(store, stdout);
+    acme_status_print(conf, stdout);
     cs_store_unref(store);
     conf_free(conf);
     return 0;

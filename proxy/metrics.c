@@ -1,6 +1,7 @@
 /* Counters are plain atomics with relaxed ordering: each is independent, and a scrape that
  * sees one a moment before another is fine. Per-backend error counts live in a small table
  * keyed by the backend's text, guarded by a mutex because errors are rare. */
+#include "acme/acme.h"
 #include "proxy/metrics.h"
 
 #include "proxy/generation.h"
@@ -166,6 +167,7 @@ void metrics_render(const struct server *srv, FILE *out)
                  "# TYPE mailsnid_config_generation gauge\nmailsnid_config_generation %llu\n",
             get(&reloads_ok), get(&reloads_failed),
             (long long)atomic_load_explicit(&last_reload_time, RELAXED), get(&generation));
+    acme_metrics_render(out);
     fprintf(out, "# HELP mailsnid_certificate_expiry_seconds Seconds until the certificate's notAfter "
                  "(negative: expired).\n# TYPE mailsnid_certificate_expiry_seconds gauge\n");
     struct cs_store *store = cs_current_get(srv->certs);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "proxy/acme_host.h"
 #include "proxy/admin.h"
 #include "proxy/generation.h"
 #include "proxy/log.h"
@@ -140,6 +141,7 @@ static void finish(uv_work_t *work, int status)
             r->gen = NULL;
             gen->id = srv->gen->id + 1;
             server_publish(srv, gen);
+            acme_host_configure(srv, gen->conf);
             log_notice("reload (%s): generation %llu: %zu listeners, %zu pairs (+%zu added, %zu "
                        "changed, -%zu removed, %zu skipped), %zu routes, %zu domains in %.3f s",
                        r->why, gen->id, gen->n_listeners, st.pairs, st.pairs_added,

@@ -18,6 +18,7 @@
 #include "proxy/metrics.h"
 #include "proxy/notify.h"
 #include "proxy/privs.h"
+#include "proxy/acme_host.h"
 #include "proxy/reload.h"
 #include "proxy/routes.h"
 #include "proxy/tickets.h"
@@ -292,6 +293,7 @@ static void stop_control(struct server *srv)
     uv_close((uv_handle_t *)&srv->grace_timer, NULL);
     uv_close((uv_handle_t *)&srv->worker_exited, NULL);
     admin_stop(srv);
+    acme_host_stop(srv);
     reload_stop(srv);
     watch_stop(srv);
     upgrade_stop(srv);
@@ -414,7 +416,7 @@ int server_run(struct server *srv)
     /* What an old process handed over (SIGUSR2) and no listener took: a listener removed. */
     upgrade_close_unclaimed();
     if (admin_rc < 0 || reload_start(srv) < 0 || watch_start(srv) < 0 ||
-        privs_drop(srv->conf) < 0) {
+        privs_drop(srv->conf) < 0 || acme_host_start(srv) < 0) {
         stop_control(srv);
         uv_run(srv->loop, UV_RUN_DEFAULT);
         return 1;

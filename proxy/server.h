@@ -74,6 +74,7 @@ struct server {
     const char *exe;                   /* the binary's path at start, run again by SIGUSR2 */
     char **argv;                       /* with these arguments */
     struct upgrade *upgrade;           /* a SIGUSR2 upgrade waiting for its new process */
+    struct acme_host *acme;            /* the ACME client (control thread) */
 };
 
 /* Builds everything the config asks for and binds the listening sockets; nothing runs yet.

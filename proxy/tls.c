@@ -8,6 +8,7 @@
 #include <string.h>
 #include <openssl/err.h>
 
+#include "proxy/acme_tls.h"
 #include "proxy/conn.h"
 #include "proxy/log.h"
 #include "proxy/tickets.h"
@@ -127,7 +128,7 @@ SSL_CTX *tls_ctx_new(const struct conf *conf, const struct conf_listener *listen
     tls_policy_install(ctx, listener->proto);
     if (conf->tls.ticket_keys)
         tickets_install(ctx);
-    cs_select_install(ctx, certs);
+    acme_tls_install(ctx, certs, conf->acme.enabled ? conf->acme.storage : NULL);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
@@ -188,6 +189,12 @@ static void handshake_step(struct conn *c)
         /* Application data that came with the client's Finished stays in c->cin (or inside
          * OpenSSL) and is read once the backend is there to take it. */
         conn_client_read_stop(c);
+        /* A TLS-ALPN-01 validation is over once the handshake is (RFC 8737 3). */
+        if (acme_tls_is_challenge(c->ssl)) {
+            snprintf(c->error, sizeof c->error, "acme tls-alpn-01 validation");
+            conn_fail_with_reply(c, OUT_OK, NULL);
+            return;
+        }
         if (c->limited) {
             log_notice("listener %s: %s", c->listener->conf->name, c->error);
             conn_fail_with_reply(c, OUT_LIMIT, st_busy_reply(c->listener->conf->proto));

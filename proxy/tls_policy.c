@@ -6,7 +6,9 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "acme/challenge.h"
 #include "certstore/certstore.h"
+#include "proxy/acme_tls.h"
 #include "proxy/conn.h"
 #include "proxy/server.h"
 
@@ -27,9 +29,14 @@ static bool alpn_is_mail(const unsigned char *p, size_t n)
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
-    (void)ssl;
     const char *own = arg;
     bool mail_only = true;
+    /* The ClientHello callback answered a TLS-ALPN-01 validation: it offered only this. */
+    if (acme_tls_is_challenge(ssl)) {
+        *out = (const unsigned char *)ACME_TLS_ALPN;
+        *outlen = (unsigned char)strlen(ACME_TLS_ALPN);
+        return SSL_TLSEXT_ERR_OK;
+    }
     for (unsigned i = 0; i < inlen && in[i] <= inlen - i - 1; i += 1u + in[i]) {
         const unsigned char *p = in + i + 1;
         if (alpn_is(p, in[i], own)) {

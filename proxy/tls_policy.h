@@ -11,8 +11,8 @@
  * offers it, carries on without ALPN when the client offers none, and otherwise refuses the
  * handshake with a no_application_protocol alert (ALPACA: an HTTP request sent to an IMAP
  * server under the same certificate). An HTTP listener selects "http/1.1", refuses a list
- * made only of mail protocols, and otherwise carries on without ALPN. (An ACME TLS-ALPN-01
- * responder, when there is one, must see "acme-tls/1" before this policy refuses it.)
+ * made only of mail protocols, and otherwise carries on without ALPN. A hello the TLS-ALPN-01
+ * responder (acme_tls.h) answered gets "acme-tls/1" before this policy could refuse it.
  * Sessions: a ticket is resumed only on the listener and under the SNI name it was issued for
  * (RFC 6066 section 3), in TLS 1.2 and 1.3; any other ticket means a full handshake. */
 void tls_policy_install(SSL_CTX *ctx, enum conf_proto proto);

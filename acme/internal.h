@@ -1,0 +1,131 @@
+/* Shared by the files of acme/ only (and their unit tests and fuzz target).
+ *
+ * The rooms: parse.c (pure parsers of what a CA sends beyond JSON: header lines, Retry-After,
+ * RFC 3339 times) · jws.c (account key, JWK, thumbprint, ES256 signatures, base64url) · http.c
+ * (libcurl: one request, its status, headers and body) · order.c (RFC 8555: account, order,
+ * authorizations, finalize, download) · ari.c (RFC 9773 certificate ID and window) · storage.c
+ * (atomic files, locks, the issued pairs, status lines) · challenge.c (challenge data in storage,
+ * the TLS-ALPN-01 certificate, the HTTP-01 answer) · sched.c (the thread: who is due, pace,
+ * back-off). */
+#ifndef MAILSNID_ACME_INTERNAL_H
+#define MAILSNID_ACME_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "acme/acme.h"
+
+/* ---- parse.c: pure functions over bytes ---- */
+
+/* A response header line as libcurl hands it over ("Name: value\r\n"). When its name is NAME
+ * (case-insensitive), points *VALUE at the value with surrounding blanks and the line end
+ * removed, sets *VLEN and returns true. */
+bool acme_header_match(const char *line, size_t len, const char *name, const char **value,
+                       size_t *vlen);
+/* Retry-After (RFC 9110 10.2.3): delta-seconds or an IMF-fixdate. Returns the seconds to wait
+ * from NOW (0 for a date in the past), or -1 when V is neither. Capped at one day: a CA that
+ * asks for longer gets asked again then. */
+long acme_parse_retry_after(const char *v, size_t len, time_t now);
+/* An RFC 3339 date-time ("2026-12-04T17:45:13Z", fraction and offset allowed) as UTC seconds.
+ * Returns 0 and sets *out, or -EINVAL. */
+int acme_parse_rfc3339(const char *v, size_t len, time_t *out);
+
+/* ---- jws.c ---- */
+
+/* base64url without padding (RFC 7515 2). Returns a heap string. */
+char *acme_b64url(const unsigned char *data, size_t len);
+/* Loads STORAGE/account.key, or creates it (P-256, 0600) when there is none; two instances that
+ * create it at once end up with the same key (link() decides). */
+EVP_PKEY *acme_account_key(const char *storage, char *err, size_t errlen);
+/* The public JWK, members in lexicographic order (RFC 7638), as compact JSON. Heap. */
+char *acme_jwk_json(EVP_PKEY *key);
+/* base64url(SHA-256(JWK)), the thumbprint the key authorizations end with. */
+int acme_jwk_thumbprint(EVP_PKEY *key, char out[64]);
+/* A flattened JWS (RFC 8555 6.2) of PAYLOAD ("" = POST-as-GET) for URL, with KID or, when KID
+ * is NULL, the JWK. Heap JSON, or NULL. */
+char *acme_jws(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
+               const char *payload);
+
+/* ---- http.c ---- */
+
+struct acme_http {
+    long status;
+    char *body;
+    size_t body_len;
+    char nonce[128];                      /* Replay-Nonce, "" when none */
+    char location[1024];                  /* Location, "" when none */
+    long retry_after;                     /* seconds, -1 when absent */
+    char error[256];                      /* transport failure (then status is 0) */
+};
+struct acme_net;
+/* CA_FILE may be NULL (the system's trust). STOP, when it becomes true, aborts a transfer. */
+struct acme_net *acme_net_new(const char *ca_file, const volatile bool *stop);
+void acme_net_free(struct acme_net *net);
+/* GET (BODY NULL), HEAD (BODY NULL, HEAD true) or POST of a JOSE body. Fills R (free with
+ * acme_http_clear). Returns 0 when an HTTP answer came, -EIO otherwise (R->error says why). */
+int acme_net_request(struct acme_net *net, const char *url, const char *body, bool head,
+                     const char *accept, struct acme_http *r);
+void acme_http_clear(struct acme_http *r);
+
+/* ---- ari.c ---- */
+
+/* RFC 9773 4.1: base64url(AKI keyIdentifier) "." base64url(serial DER content). Heap or NULL. */
+char *acme_ari_cert_id(X509 *cert);
+/* The suggestedWindow of a renewalInfo answer (JSON text). Returns 0 with START and END set,
+ * or -EINVAL. */
+int acme_ari_window(const char *json, size_t len, time_t *start, time_t *end);
+
+/* ---- storage.c ---- */
+
+/* Writes DATA to PATH through a temporary file and rename(): readers see the old file or the
+ * new one, never a part. MODE is the new file's. */
+int acme_write_file(const char *path, const void *data, size_t len, int mode);
+int acme_mkdirs(const char *path, int mode);
+/* An exclusive lock STORAGE/locks/NAME.lock, taken over when older than STALE seconds (its
+ * holder died). Returns 0 when taken, -EBUSY when another holds it, or -errno. */
+int acme_lock(const char *storage, const char *name, long stale);
+void acme_unlock(const char *storage, const char *name);
+/* Installs CHAIN_PEM + KEY_PEM as STORAGE/certs/DOMAIN/{fullchain,privkey}.pem in one step
+ * (a new folder under STORAGE/archive, then the DOMAIN link swapped by rename()). */
+int acme_store_pair(const char *storage, const char *domain, const char *chain_pem,
+                    size_t chain_len, const char *key_pem, size_t key_len);
+/* The stored leaf of DOMAIN (first certificate of fullchain.pem), or NULL. */
+X509 *acme_stored_cert(const char *storage, const char *domain);
+/* One line of state for --certs: STORAGE/status/DOMAIN ("pending" or "failing: reason"). */
+void acme_status_write(const char *storage, const char *domain, const char *line);
+
+/* ---- challenge.c: the client's side ---- */
+int acme_challenge_put(const char *storage, const char *type, const char *key,
+                       const char *key_authorization);
+void acme_challenge_remove(const char *storage, const char *type, const char *key);
+
+/* ---- order.c ---- */
+
+struct acme_client;
+struct acme_client *acme_client_new(const struct acme_settings *s, const volatile bool *stop);
+/* New settings for the same CA and storage (a reload): S replaces the client's, which may go. */
+void acme_client_settings(struct acme_client *c, const struct acme_settings *s);
+void acme_client_free(struct acme_client *c);
+/* What one attempt came to. */
+struct acme_result {
+    bool ok;
+    long retry_after;                     /* the CA asked to wait this long (-1: it did not) */
+    bool rate_limited;                    /* a 429: every order waits, not only this domain's */
+    char error[512];                      /* the CA's problem document or our reason */
+};
+/* Orders, validates and stores a certificate for DOMAIN covering NAMES; CERT_ID (ARI, may be
+ * NULL) is the certificate it replaces. */
+void acme_client_order(struct acme_client *c, const char *domain, char **names, size_t n_names,
+                       const char *replaces, struct acme_result *res);
+/* How many badNonce answers were retried so far (RFC 8555 6.5). */
+unsigned long acme_client_nonce_retries(const struct acme_client *c);
+/* The directory's renewalInfo URL, "" when it has none (after the first request). */
+const char *acme_client_renewal_info(struct acme_client *c);
+/* GET renewalInfo/CERT_ID. Returns 0 with the window, or negative. */
+int acme_client_ari(struct acme_client *c, const char *cert_id, time_t *start, time_t *end);
+
+#endif

@@ -1,0 +1,628 @@
+/* order.c: the RFC 8555 conversation with the CA, on the ACME thread: directory, nonce,
+ * account, order, authorizations and their challenges, finalize, download. Every answer is
+ * read with jansson and checked for the members and types used; anything else is an error
+ * with the CA's words in it, never a crash. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <openssl/x509v3.h>
+
+#include <jansson.h>
+
+#include "acme/internal.h"
+
+#define NONCE_RETRIES 5
+#define POLL_LIMIT 120                    /* seconds an authorization or order may stay pending */
+
+struct acme_client {
+    const struct acme_settings *s;
+    const volatile bool *stop;
+    struct acme_net *net;
+    EVP_PKEY *key;
+    char thumb[64];
+    char *kid;
+    bool have_dir;
+    char *new_nonce, *new_account, *new_order, *renewal_info;
+    char nonce[128];
+    unsigned long nonce_retries;          /* badNonce answers retried, for the log */
+};
+
+struct acme_client *acme_client_new(const struct acme_settings *s, const volatile bool *stop)
+{
+    struct acme_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->s = s;
+    c->stop = stop;
+    c->net = acme_net_new(s->ca_file, stop);
+    if (!c->net) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void acme_client_settings(struct acme_client *c, const struct acme_settings *s)
+{
+    c->s = s;
+}
+
+void acme_client_free(struct acme_client *c)
+{
+    if (!c)
+        return;
+    acme_net_free(c->net);
+    EVP_PKEY_free(c->key);
+    free(c->kid);
+    free(c->new_nonce);
+    free(c->new_account);
+    free(c->new_order);
+    free(c->renewal_info);
+    free(c);
+}
+
+static void fail(struct acme_result *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct acme_result *res, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(res->error, sizeof res->error, fmt, ap);
+    va_end(ap);
+    res->ok = false;
+}
+
+/* A problem document (RFC 7807) or whatever else came, as one line for logs and --certs. */
+static void fail_http(struct acme_result *res, const char *what, const struct acme_http *h)
+{
+    if (h->status == 0) {
+        fail(res, "%s: %s", what, h->error);
+        return;
+    }
+    json_t *root = h->body ? json_loadb(h->body, h->body_len, 0, NULL) : NULL;
+    const char *type = json_string_value(json_object_get(root, "type"));
+    const char *detail = json_string_value(json_object_get(root, "detail"));
+    if (type && strncmp(type, "urn:ietf:params:acme:error:", 27) == 0)
+        type += 27;
+    fail(res, "%s: HTTP %ld%s%s%s%s", what, h->status, type ? " " : "", type ? type : "",
+         detail ? ": " : "", detail ? detail : "");
+    json_decref(root);
+    if (h->retry_after >= 0)
+        res->retry_after = h->retry_after;
+    if (h->status == 429)
+        res->rate_limited = true;
+}
+
+static bool sleep_or_stop(struct acme_client *c, long seconds)
+{
+    for (long i = 0; i < seconds * 10; i++) {
+        if (*c->stop)
+            return false;
+        struct timespec ts = { 0, 100 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    return !*c->stop;
+}
+
+static char *dup_member(json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v && strncmp(v, "https://", 8) == 0 ? strdup(v) : NULL;
+}
+
+static int load_directory(struct acme_client *c, struct acme_result *res)
+{
+    struct acme_http h = { 0 };
+    if (c->have_dir)
+        return 0;
+    if (acme_net_request(c->net, c->s->directory, NULL, false, NULL, &h) < 0 || h.status != 200) {
+        fail_http(res, "directory", &h);
+        acme_http_clear(&h);
+        return -EIO;
+    }
+    json_t *root = json_loadb(h.body ? h.body : "", h.body_len, 0, NULL);
+    c->new_nonce = dup_member(root, "newNonce");
+    c->new_account = dup_member(root, "newAccount");
+    c->new_order = dup_member(root, "newOrder");
+    c->renewal_info = dup_member(root, "renewalInfo");
+    json_decref(root);
+    acme_http_clear(&h);
+    if (!c->new_nonce || !c->new_account || !c->new_order) {
+        fail(res, "directory %s: no newNonce, newAccount or newOrder URL", c->s->directory);
+        return -EINVAL;
+    }
+    c->have_dir = true;
+    return 0;
+}
+
+unsigned long acme_client_nonce_retries(const struct acme_client *c)
+{
+    return c->nonce_retries;
+}
+
+const char *acme_client_renewal_info(struct acme_client *c)
+{
+    return c->renewal_info ? c->renewal_info : "";
+}
+
+static int fresh_nonce(struct acme_client *c, struct acme_result *res)
+{
+    struct acme_http h = { 0 };
+    int rc = acme_net_request(c->net, c->new_nonce, NULL, true, NULL, &h);
+    if (rc < 0 || !h.nonce[0]) {
+        fail_http(res, "newNonce", &h);
+        acme_http_clear(&h);
+        return -EIO;
+    }
+    memcpy(c->nonce, h.nonce, sizeof c->nonce);
+    acme_http_clear(&h);
+    return 0;
+}
+
+static bool is_bad_nonce(const struct acme_http *h)
+{
+    if (h->status != 400 || !h->body)
+        return false;
+    json_t *root = json_loadb(h->body, h->body_len, 0, NULL);
+    const char *type = json_string_value(json_object_get(root, "type"));
+    bool bad = type && strcmp(type, "urn:ietf:params:acme:error:badNonce") == 0;
+    json_decref(root);
+    return bad;
+}
+
+/* POSTs PAYLOAD signed for URL; a badNonce answer is retried with the nonce it carried (RFC 8555
+ * 6.5), as many CAs reject some nonces on purpose. Returns 0 when an answer came (any status). */
+static int post(struct acme_client *c, const char *url, const char *payload, bool with_kid,
+                const char *accept, struct acme_http *h, struct acme_result *res)
+{
+    for (int attempt = 0; attempt <= NONCE_RETRIES; attempt++) {
+        if (!c->nonce[0] && fresh_nonce(c, res) < 0)
+            return -EIO;
+        char *body = acme_jws(c->key, with_kid ? c->kid : NULL, c->nonce, url, payload);
+        c->nonce[0] = '\0';
+        if (!body) {
+            fail(res, "cannot sign a request");
+            return -ENOMEM;
+        }
+        int rc = acme_net_request(c->net, url, body, false, accept, h);
+        free(body);
+        if (h->nonce[0])
+            memcpy(c->nonce, h->nonce, sizeof c->nonce);
+        if (rc < 0) {
+            fail_http(res, url, h);
+            return rc;
+        }
+        if (!is_bad_nonce(h))
+            return 0;
+        c->nonce_retries++;
+    }
+    fail_http(res, url, h);
+    return -EAGAIN;
+}
+
+static int ensure_account(struct acme_client *c, struct acme_result *res)
+{
+    char err[256], path[4200];
+    if (c->kid)
+        return 0;
+    if (!c->key) {
+        c->key = acme_account_key(c->s->storage, err, sizeof err);
+        if (!c->key) {
+            fail(res, "account key: %s", err);
+            return -EIO;
+        }
+        if (acme_jwk_thumbprint(c->key, c->thumb) < 0) {
+            fail(res, "account key: cannot compute its thumbprint");
+            return -ENOMEM;
+        }
+    }
+    /* The account URL is remembered per directory, so switching from staging to production
+     * registers anew with the same key. */
+    snprintf(path, sizeof path, "%s/account.json", c->s->storage);
+    json_t *saved = json_load_file(path, 0, NULL);
+    const char *dir = json_string_value(json_object_get(saved, "directory"));
+    const char *url = json_string_value(json_object_get(saved, "url"));
+    if (dir && url && strcmp(dir, c->s->directory) == 0) {
+        c->kid = strdup(url);
+        json_decref(saved);
+        return c->kid ? 0 : -ENOMEM;
+    }
+    json_decref(saved);
+
+    json_t *p = json_pack("{s:b}", "termsOfServiceAgreed", 1);
+    if (c->s->contact)
+        json_object_set_new(p, "contact", json_pack("[s]", c->s->contact));
+    char *payload = json_dumps(p, JSON_COMPACT);
+    json_decref(p);
+    struct acme_http h = { 0 };
+    int rc = payload ? post(c, c->new_account, payload, false, NULL, &h, res) : -ENOMEM;
+    free(payload);
+    if (rc == 0 && (h.status == 200 || h.status == 201) && h.location[0]) {
+        c->kid = strdup(h.location);
+        json_t *o = json_pack("{s:s, s:s}", "directory", c->s->directory, "url", h.location);
+        char *text = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
+        json_decref(o);
+        /* Two instances registering at once get the same account (same key): either write is
+         * right. */
+        if (text)
+            acme_write_file(path, text, strlen(text), 0600);
+        free(text);
+    } else if (rc == 0) {
+        fail_http(res, "newAccount", &h);
+        rc = -EIO;
+    }
+    acme_http_clear(&h);
+    return c->kid ? 0 : (rc < 0 ? rc : -ENOMEM);
+}
+
+static json_t *body_json(const struct acme_http *h)
+{
+    return h->body ? json_loadb(h->body, h->body_len, 0, NULL) : NULL;
+}
+
+static long poll_wait(const struct acme_http *h)
+{
+    return h->retry_after > 0 ? (h->retry_after > 10 ? 10 : h->retry_after) : 1;
+}
+
+static bool challenge_pick(struct acme_client *c, json_t *challenges, json_t **out,
+                           enum conf_acme_challenge *type)
+{
+    for (size_t p = 0; p < c->s->n_challenges; p++) {
+        const char *want = conf_acme_challenge_name(c->s->challenges[p]);
+        size_t i;
+        json_t *ch;
+        json_array_foreach(challenges, i, ch) {
+            const char *t = json_string_value(json_object_get(ch, "type"));
+            if (t && strcmp(t, want) == 0 && json_is_string(json_object_get(ch, "url")) &&
+                json_is_string(json_object_get(ch, "token"))) {
+                *out = ch;
+                *type = c->s->challenges[p];
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* Where the key authorization of a challenge is filed: tls-alpn-01 by name (the validator's
+ * SNI is all a ClientHello says), http-01 by token (the request path). */
+static const char *challenge_key(enum conf_acme_challenge type, const char *name, const char *token)
+{
+    return type == CONF_ACME_TLS_ALPN_01 ? name : token;
+}
+
+/* One authorization: already valid, or its preferred challenge answered and polled until the
+ * CA decides. */
+static int authorize(struct acme_client *c, const char *url, struct acme_result *res)
+{
+    struct acme_http h = { 0 };
+    int rc = post(c, url, "", true, NULL, &h, res);
+    if (rc < 0 || h.status != 200) {
+        if (rc == 0)
+            fail_http(res, "authorization", &h);
+        acme_http_clear(&h);
+        return -EIO;
+    }
+    json_t *authz = body_json(&h);
+    acme_http_clear(&h);
+    const char *status = json_string_value(json_object_get(authz, "status"));
+    const char *name = json_string_value(json_object_get(json_object_get(authz, "identifier"), "value"));
+    json_t *ch = NULL;
+    enum conf_acme_challenge type;
+    if (status && strcmp(status, "valid") == 0) {
+        json_decref(authz);
+        return 0;
+    }
+    if (!status || strcmp(status, "pending") != 0 || !name ||
+        !challenge_pick(c, json_object_get(authz, "challenges"), &ch, &type)) {
+        fail(res, "authorization for %s is %s, with no challenge we answer", name ? name : "?",
+             status ? status : "without status");
+        json_decref(authz);
+        return -EINVAL;
+    }
+    char *ch_url = strdup(json_string_value(json_object_get(ch, "url")));
+    char *token = strdup(json_string_value(json_object_get(ch, "token")));
+    char *id = strdup(name);
+    json_decref(authz);
+    char keyauth[256];
+    const char *tname = conf_acme_challenge_name(type);
+    rc = -ENOMEM;
+    if (!ch_url || !token || !id)
+        goto out;
+    snprintf(keyauth, sizeof keyauth, "%s.%s", token, c->thumb);
+    rc = acme_challenge_put(c->s->storage, tname, challenge_key(type, id, token), keyauth);
+    if (rc < 0) {
+        fail(res, "%s: cannot write the %s challenge to storage: %s", id, tname, strerror(-rc));
+        goto out;
+    }
+    rc = post(c, ch_url, "{}", true, NULL, &h, res);
+    if (rc == 0 && h.status != 200) {
+        fail_http(res, tname, &h);
+        rc = -EIO;
+    }
+    long waited = 0, wait = poll_wait(&h);
+    acme_http_clear(&h);
+    while (rc == 0) {
+        if (waited >= POLL_LIMIT) {
+            fail(res, "%s: authorization still pending after %d s", id, POLL_LIMIT);
+            rc = -ETIMEDOUT;
+            break;
+        }
+        if (!sleep_or_stop(c, wait)) {
+            fail(res, "stopping");
+            rc = -ECANCELED;
+            break;
+        }
+        waited += wait;
+        if ((rc = post(c, url, "", true, NULL, &h, res)) < 0)
+            break;
+        json_t *a = body_json(&h);
+        const char *st = json_string_value(json_object_get(a, "status"));
+        wait = poll_wait(&h);
+        if (h.status != 200 || !st) {
+            fail_http(res, "authorization", &h);
+            rc = -EIO;
+        } else if (strcmp(st, "valid") == 0) {
+            json_decref(a);
+            acme_http_clear(&h);
+            break;
+        } else if (strcmp(st, "pending") != 0 && strcmp(st, "processing") != 0) {
+            /* The reason sits in the challenge that failed. */
+            const char *detail = NULL;
+            size_t i;
+            json_t *x;
+            json_array_foreach(json_object_get(a, "challenges"), i, x) {
+                const char *d = json_string_value(json_object_get(json_object_get(x, "error"), "detail"));
+                if (d)
+                    detail = d;
+            }
+            fail(res, "%s: %s validation %s: %s", id, tname, st, detail ? detail : "no detail");
+            rc = -EPERM;
+        }
+        json_decref(a);
+        acme_http_clear(&h);
+    }
+out:
+    if (id && token)
+        acme_challenge_remove(c->s->storage, tname, challenge_key(type, id, token));
+    free(ch_url);
+    free(token);
+    free(id);
+    return rc;
+}
+
+static EVP_PKEY *new_cert_key(enum conf_acme_key type)
+{
+    return type == CONF_ACME_KEY_RSA ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
+}
+
+/* The CSR names every name in its SAN; the subject stays empty (RFC 8555 7.4 lets the CA take
+ * the names from the SAN, and Let's Encrypt does). */
+static char *make_csr(EVP_PKEY *key, char **names, size_t n)
+{
+    X509_REQ *req = X509_REQ_new();
+    STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+    GENERAL_NAMES *gens = GENERAL_NAMES_new();
+    char *out = NULL;
+    unsigned char *der = NULL;
+    if (!req || !exts || !gens)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        GENERAL_NAME *g = GENERAL_NAME_new();
+        ASN1_IA5STRING *s = ASN1_IA5STRING_new();
+        if (!g || !s || !ASN1_STRING_set(s, names[i], -1)) {
+            GENERAL_NAME_free(g);
+            ASN1_IA5STRING_free(s);
+            goto out;
+        }
+        GENERAL_NAME_set0_value(g, GEN_DNS, s);
+        sk_GENERAL_NAME_push(gens, g);
+    }
+    X509_EXTENSION *ext = X509V3_EXT_i2d(NID_subject_alt_name, 0, gens);
+    if (!ext || !sk_X509_EXTENSION_push(exts, ext)) {
+        X509_EXTENSION_free(ext);
+        goto out;
+    }
+    if (!X509_REQ_set_version(req, 0) || !X509_REQ_set_pubkey(req, key) ||
+        !X509_REQ_add_extensions(req, exts) || !X509_REQ_sign(req, key, EVP_sha256()))
+        goto out;
+    int len = i2d_X509_REQ(req, &der);
+    if (len > 0)
+        out = acme_b64url(der, (size_t)len);
+out:
+    OPENSSL_free(der);
+    GENERAL_NAMES_free(gens);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_REQ_free(req);
+    return out;
+}
+
+static char *key_pem(EVP_PKEY *key, size_t *len)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *out = NULL, *p;
+    if (b && PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL)) {
+        long n = BIO_get_mem_data(b, &p);
+        if (n > 0 && (out = malloc((size_t)n))) {
+            memcpy(out, p, (size_t)n);
+            *len = (size_t)n;
+        }
+    }
+    BIO_free(b);
+    return out;
+}
+
+/* The downloaded chain must start with a certificate for our key: a CA (or a proxy in between)
+ * that sends something else must not get it served. */
+static bool chain_matches(const char *pem, size_t len, EVP_PKEY *key)
+{
+    BIO *b = BIO_new_mem_buf(pem, (int)len);
+    X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    bool ok = x && X509_check_private_key(x, key) == 1;
+    X509_free(x);
+    BIO_free(b);
+    return ok;
+}
+
+/* Polls URL (an order) until it leaves "pending"/"processing"/"ready" as wanted. */
+static json_t *poll_order(struct acme_client *c, const char *url, const char *until,
+                          struct acme_result *res)
+{
+    struct acme_http h = { 0 };
+    long waited = 0;
+    for (;;) {
+        if (post(c, url, "", true, NULL, &h, res) < 0)
+            return NULL;
+        json_t *o = body_json(&h);
+        const char *st = json_string_value(json_object_get(o, "status"));
+        long wait = poll_wait(&h);
+        if (h.status != 200 || !st) {
+            fail_http(res, "order", &h);
+        } else if (strcmp(st, until) == 0) {
+            acme_http_clear(&h);
+            return o;
+        } else if (strcmp(st, "invalid") == 0) {
+            fail(res, "order became invalid");
+        } else if (waited >= POLL_LIMIT) {
+            fail(res, "order still %s after %d s", st, POLL_LIMIT);
+        } else if (sleep_or_stop(c, wait)) {
+            waited += wait;
+            json_decref(o);
+            acme_http_clear(&h);
+            continue;
+        } else {
+            fail(res, "stopping");
+        }
+        json_decref(o);
+        acme_http_clear(&h);
+        return NULL;
+    }
+}
+
+void acme_client_order(struct acme_client *c, const char *domain, char **names, size_t n_names,
+                       const char *replaces, struct acme_result *res)
+{
+    struct acme_http h = { 0 };
+    json_t *order = NULL, *done = NULL;
+    EVP_PKEY *key = NULL;
+    char *payload = NULL, *order_url = NULL, *finalize = NULL, *csr = NULL, *kp = NULL;
+    size_t kl = 0;
+
+    memset(res, 0, sizeof *res);
+    res->retry_after = -1;
+    if (load_directory(c, res) < 0 || ensure_account(c, res) < 0)
+        return;
+
+    json_t *ids = json_array();
+    for (size_t i = 0; i < n_names; i++)
+        json_array_append_new(ids, json_pack("{s:s, s:s}", "type", "dns", "value", names[i]));
+    json_t *p = json_pack("{s:o}", "identifiers", ids);
+    if (replaces && c->renewal_info)
+        json_object_set_new(p, "replaces", json_string(replaces));
+    payload = p ? json_dumps(p, JSON_COMPACT) : NULL;
+    json_decref(p);
+    if (!payload || post(c, c->new_order, payload, true, NULL, &h, res) < 0)
+        goto out;
+    if (h.status != 201) {
+        fail_http(res, "newOrder", &h);
+        goto out;
+    }
+    order = body_json(&h);
+    json_t *authzs = json_object_get(order, "authorizations");
+    const char *fin = json_string_value(json_object_get(order, "finalize"));
+    if (!h.location[0] || !fin || !json_is_array(authzs)) {
+        fail(res, "newOrder: the answer has no Location, finalize or authorizations");
+        goto out;
+    }
+    order_url = strdup(h.location);
+    finalize = strdup(fin);
+    acme_http_clear(&h);
+    size_t i;
+    json_t *a;
+    json_array_foreach(authzs, i, a) {
+        if (!json_is_string(a)) {
+            fail(res, "newOrder: an authorization that is not a URL");
+            goto out;
+        }
+        if (authorize(c, json_string_value(a), res) < 0)
+            goto out;
+    }
+    json_decref(poll_order(c, order_url, "ready", res));
+    if (res->error[0])
+        goto out;
+
+    key = new_cert_key(c->s->key_type);
+    csr = key ? make_csr(key, names, n_names) : NULL;
+    free(payload);
+    payload = NULL;
+    json_t *f = csr ? json_pack("{s:s}", "csr", csr) : NULL;
+    payload = f ? json_dumps(f, JSON_COMPACT) : NULL;
+    json_decref(f);
+    if (!payload) {
+        fail(res, "cannot make the certificate request");
+        goto out;
+    }
+    if (post(c, finalize, payload, true, NULL, &h, res) < 0)
+        goto out;
+    if (h.status != 200) {
+        fail_http(res, "finalize", &h);
+        goto out;
+    }
+    acme_http_clear(&h);
+    done = poll_order(c, order_url, "valid", res);
+    const char *cert_url = json_string_value(json_object_get(done, "certificate"));
+    if (!cert_url) {
+        if (!res->error[0])
+            fail(res, "order is valid but names no certificate");
+        goto out;
+    }
+    if (post(c, cert_url, "", true, "application/pem-certificate-chain", &h, res) < 0)
+        goto out;
+    if (h.status != 200 || !h.body || !chain_matches(h.body, h.body_len, key)) {
+        if (h.status == 200)
+            fail(res, "certificate download: not a PEM chain for our key");
+        else
+            fail_http(res, "certificate download", &h);
+        goto out;
+    }
+    kp = key_pem(key, &kl);
+    int rc = kp ? acme_store_pair(c->s->storage, domain, h.body, h.body_len, kp, kl) : -ENOMEM;
+    if (rc < 0) {
+        fail(res, "cannot store the certificate: %s", strerror(-rc));
+        goto out;
+    }
+    res->ok = true;
+out:
+    if (kp)
+        OPENSSL_cleanse(kp, kl);
+    free(kp);
+    acme_http_clear(&h);
+    json_decref(order);
+    json_decref(done);
+    EVP_PKEY_free(key);
+    free(payload);
+    free(order_url);
+    free(finalize);
+    free(csr);
+}
+
+int acme_client_ari(struct acme_client *c, const char *cert_id, time_t *start, time_t *end)
+{
+    struct acme_result res = { 0 };
+    struct acme_http h = { 0 };
+    char url[2048];
+    if (load_directory(c, &res) < 0 || !c->renewal_info)
+        return -ENOENT;
+    snprintf(url, sizeof url, "%s%s%s", c->renewal_info,
+             c->renewal_info[strlen(c->renewal_info) - 1] == '/' ? "" : "/", cert_id);
+    int rc = acme_net_request(c->net, url, NULL, false, NULL, &h);
+    if (rc == 0)
+        rc = h.status == 200 && h.body ? acme_ari_window(h.body, h.body_len, start, end) : -EIO;
+    acme_http_clear(&h);
+    return rc;
+}

@@ -1,0 +1,198 @@
+/* storage.c: acme.storage on disk, shared by every instance that points at it.
+ *
+ *   account.key, account.json          the ACME account (key 0600)
+ *   certs/DOMAIN -> ../archive/DOMAIN.N  link swapped by rename(): a reader sees one whole pair
+ *   archive/DOMAIN.N/{fullchain,privkey}.pem   (key 0600)
+ *   challenges/tls-alpn-01/NAME, challenges/http-01/TOKEN   key authorizations
+ *   locks/DOMAIN.lock                   who orders DOMAIN now (O_EXCL; taken over when stale)
+ *   status/DOMAIN                       "pending" or "failing: reason", for --certs */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+
+#include "acme/internal.h"
+
+int acme_mkdirs(const char *path, int mode)
+{
+    char p[PATH_MAX];
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p)
+        return -ENAMETOOLONG;
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, (mode_t)mode) < 0 && errno != EEXIST)
+            return -errno;
+        *s = '/';
+    }
+    if (mkdir(p, (mode_t)mode) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+static void tmp_name(char *out, size_t cap, const char *path)
+{
+    unsigned char r[6];
+    RAND_bytes(r, sizeof r);
+    snprintf(out, cap, "%s.tmp%02x%02x%02x%02x%02x%02x", path, r[0], r[1], r[2], r[3], r[4], r[5]);
+}
+
+int acme_write_file(const char *path, const void *data, size_t len, int mode)
+{
+    char tmp[PATH_MAX + 32];
+    tmp_name(tmp, sizeof tmp, path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
+    if (fd < 0)
+        return -errno;
+    const char *p = data;
+    size_t left = len;
+    int rc = 0;
+    while (left && rc == 0) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0)
+            rc = -errno;
+        else {
+            p += n;
+            left -= (size_t)n;
+        }
+    }
+    /* A full disk shows here or at fsync: the old file stays. */
+    if (rc == 0 && fsync(fd) < 0)
+        rc = -errno;
+    if (close(fd) < 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && rename(tmp, path) < 0)
+        rc = -errno;
+    if (rc < 0)
+        unlink(tmp);
+    return rc;
+}
+
+int acme_lock(const char *storage, const char *name, long stale)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 300], body[128];
+    snprintf(dir, sizeof dir, "%s/locks", storage);
+    int rc = acme_mkdirs(dir, 0700);
+    if (rc < 0)
+        return rc;
+    snprintf(path, sizeof path, "%s/%s.lock", dir, name);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            char host[64] = "";
+            gethostname(host, sizeof host - 1);
+            int n = snprintf(body, sizeof body, "%ld %s %ld\n", (long)getpid(), host, (long)time(NULL));
+            if (write(fd, body, (size_t)n) < 0) {
+                close(fd);
+                unlink(path);
+                return -EIO;
+            }
+            close(fd);
+            return 0;
+        }
+        if (errno != EEXIST)
+            return -errno;
+        struct stat st;
+        if (stat(path, &st) < 0)
+            continue;                     /* released meanwhile: try again */
+        if (time(NULL) - st.st_mtime < stale)
+            return -EBUSY;
+        /* The holder died (or its host did): rename() lets one taker win, not two. */
+        char taken[PATH_MAX + 340];
+        tmp_name(taken, sizeof taken, path);
+        if (rename(path, taken) == 0)
+            unlink(taken);
+    }
+    return -EBUSY;
+}
+
+void acme_unlock(const char *storage, const char *name)
+{
+    char path[PATH_MAX + 300];
+    snprintf(path, sizeof path, "%s/locks/%s.lock", storage, name);
+    unlink(path);
+}
+
+int acme_store_pair(const char *storage, const char *domain, const char *chain_pem,
+                    size_t chain_len, const char *key_pem, size_t key_len)
+{
+    char archive[PATH_MAX], dir[PATH_MAX + 300], file[PATH_MAX + 340], certs[PATH_MAX];
+    char link_path[PATH_MAX + 300], target[PATH_MAX + 300], tmp[PATH_MAX + 340];
+    int rc;
+    snprintf(archive, sizeof archive, "%s/archive", storage);
+    snprintf(certs, sizeof certs, "%s/certs", storage);
+    if ((rc = acme_mkdirs(archive, 0700)) < 0 || (rc = acme_mkdirs(certs, 0755)) < 0)
+        return rc;
+    unsigned char r[4];
+    RAND_bytes(r, sizeof r);
+    snprintf(dir, sizeof dir, "%s/%s.%ld-%02x%02x%02x%02x", archive, domain, (long)time(NULL),
+             r[0], r[1], r[2], r[3]);
+    if (mkdir(dir, 0700) < 0)
+        return -errno;
+    snprintf(file, sizeof file, "%s/privkey.pem", dir);
+    if ((rc = acme_write_file(file, key_pem, key_len, 0600)) < 0)
+        return rc;
+    snprintf(file, sizeof file, "%s/fullchain.pem", dir);
+    if ((rc = acme_write_file(file, chain_pem, chain_len, 0644)) < 0)
+        return rc;
+    snprintf(link_path, sizeof link_path, "%s/%s", certs, domain);
+    char old[PATH_MAX] = "";
+    ssize_t n = readlink(link_path, old, sizeof old - 1);
+    old[n > 0 ? n : 0] = '\0';
+    snprintf(target, sizeof target, "../archive/%s", strrchr(dir, '/') + 1);
+    /* A dot name: certstore passes over it if it reads the folder meanwhile. */
+    char dotted[PATH_MAX + 300];
+    snprintf(dotted, sizeof dotted, "%s/.%s", certs, domain);
+    tmp_name(tmp, sizeof tmp, dotted);
+    if (symlink(target, tmp) < 0)
+        return -errno;
+    if (rename(tmp, link_path) < 0) {
+        rc = -errno;
+        unlink(tmp);
+        return rc;
+    }
+    /* The previous pair's files: the running snapshot has them parsed already. */
+    if (old[0] && strncmp(old, "../archive/", 11) == 0 && !strchr(old + 11, '/')) {
+        char p[2 * PATH_MAX + 32];
+        snprintf(p, sizeof p, "%s/%s/fullchain.pem", archive, old + 11);
+        unlink(p);
+        snprintf(p, sizeof p, "%s/%s/privkey.pem", archive, old + 11);
+        unlink(p);
+        snprintf(p, sizeof p, "%s/%s", archive, old + 11);
+        rmdir(p);
+    }
+    return 0;
+}
+
+X509 *acme_stored_cert(const char *storage, const char *domain)
+{
+    char path[PATH_MAX + 300];
+    snprintf(path, sizeof path, "%s/certs/%s/fullchain.pem", storage, domain);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    return x;
+}
+
+void acme_status_write(const char *storage, const char *domain, const char *line)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 300], text[600];
+    snprintf(dir, sizeof dir, "%s/status", storage);
+    if (acme_mkdirs(dir, 0755) < 0)
+        return;
+    snprintf(path, sizeof path, "%s/%s", dir, domain);
+    int n = snprintf(text, sizeof text, "%s\n", line);
+    for (char *c = text; c < text + n - 1; c++)
+        if (*c == '\n' || *c == '\r')
+            *c = ' ';
+    acme_write_file(path, text, (size_t)(n < (int)sizeof text ? n : (int)sizeof text - 1), 0644);
+}

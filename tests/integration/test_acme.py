@@ -1,0 +1,313 @@
+"""ACME against a real CA: Debian's pebble, with pebble-challtestsrv as its DNS, both started here
+on free ports, nonce rejection left at pebble's default (15 %) so badNonce retries happen, and
+PEBBLE_VA_NOSLEEP=1 so validations do not wait 0-15 s.
+
+mailsnid orders over TLS-ALPN-01 on its own TLS listener (pebble's tlsPort points at it), serves
+what it got with pebble's chain (verified against the root from pebble's management port), keeps
+it across a restart without a new order, orders a domain a reload adds, backs off on a domain
+whose validation fails without holding up the others, renews when the renewal window says so,
+and two instances sharing one storage order each domain once (and each answers validations for
+orders the other placed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.request
+
+from mailsnid_runner import MAILSNID, SLOW, MailsnidProcess, free_port, wait_port
+import certs
+
+TMP = ""
+PKI: dict[str, str] = {}
+PEBBLE = shutil.which("pebble")
+
+
+def free_udp_tcp_port() -> int:
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port for DNS")
+
+
+def setUpModule():
+    global TMP
+    TMP = tempfile.mkdtemp(prefix="mailsnid-acme-")
+    ca = certs.make_ca(os.path.join(TMP, "pki"))
+    leaf = ca.issue(["localhost"])
+    default = ca.issue(["mail.hoster.test"])
+    PKI.update(ca=ca.ca_pem, pebble_cert=leaf.fullchain, pebble_key=leaf.key,
+               default_cert=default.fullchain, default_key=default.key, ca_dir=ca.dir)
+
+
+def tearDownModule():
+    if not os.environ.get("MAILSNID_KEEP"):
+        shutil.rmtree(TMP, ignore_errors=True)
+
+
+class Pebble:
+    """pebble + pebble-challtestsrv; tls_port is where its validator connects for TLS-ALPN-01."""
+
+    def __init__(self, workdir: str, tls_port: int, nonce_reject: int | None = None):
+        self.dir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.port, self.mgmt = free_port(), free_port()
+        self.dns, self.chall_mgmt = free_udp_tcp_port(), free_port()
+        cfg = {"pebble": {"listenAddress": f"127.0.0.1:{self.port}",
+                          "managementListenAddress": f"127.0.0.1:{self.mgmt}",
+                          "certificate": PKI["pebble_cert"], "privateKey": PKI["pebble_key"],
+                          "httpPort": free_port(), "tlsPort": tls_port,
+                          "ocspResponderURL": "", "externalAccountBindingRequired": False}}
+        path = os.path.join(workdir, "pebble.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        self.log_path = os.path.join(workdir, "pebble.log")
+        self._log = open(self.log_path, "ab")
+        self.chall = subprocess.Popen(
+            ["pebble-challtestsrv", "-defaultIPv6", "", "-defaultIPv4", "127.0.0.1",
+             "-dns01", f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+             "-management", f"127.0.0.1:{self.chall_mgmt}"],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1")
+        env.pop("PEBBLE_WFE_NONCEREJECT", None)   # pebble's default rejection stays on
+        if nonce_reject is not None:
+            env["PEBBLE_WFE_NONCEREJECT"] = str(nonce_reject)
+        self.proc = subprocess.Popen(["pebble", "-config", path, "-dnsserver",
+                                      f"127.0.0.1:{self.dns}"],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        wait_port(self.chall_mgmt, timeout=10)
+        wait_port(self.port, timeout=10)
+        wait_port(self.mgmt, timeout=10)
+        self.directory = f"https://localhost:{self.port}/dir"
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        with urllib.request.urlopen(f"https://localhost:{self.mgmt}/roots/0", context=ctx) as r:
+            self.root_pem = r.read().decode()
+        self.root = os.path.join(workdir, "pebble-root.pem")
+        with open(self.root, "w") as f:
+            f.write(self.root_pem)
+
+    def add_a(self, host: str, addr: str) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.chall_mgmt}/add-a",
+                                     data=json.dumps({"host": host + ".", "addresses": [addr]}).encode(),
+                                     method="POST")
+        urllib.request.urlopen(req).read()
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> None:
+        for p in (self.proc, self.chall):
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self._log.close()
+
+
+def config(*, listen: str, backend: int, admin: int, directory: str, storage: str,
+           domains: list[str], extra: str = "") -> str:
+    doms = ", ".join(f'"{d}"' for d in domains)
+    return f"""
+log = {{ level = "info"; }};
+admin = "127.0.0.1:{admin}";
+tls = {{ default_cert = "{PKI['default_cert']}"; default_key = "{PKI['default_key']}"; }};
+listeners = (
+  {{ name = "https"; listen = "{listen}"; protocol = "http"; tls = "implicit"; backend = "127.0.0.1:{backend}"; }}
+);
+domains = [ {doms} ];
+acme = {{
+  directory = "{directory}";
+  storage = "{storage}";
+  ca_file = "{PKI['ca']}";
+  challenges = [ "tls-alpn-01" ];
+  names = [ "mail.%d", "webmail.%d" ];
+  backoff_min = 1; backoff_max = 3;
+  {extra}
+}};
+"""
+
+
+def served(host: str, port: int, sni: str, cafile: str | None,
+           check_hostname: bool = True) -> tuple[bytes, dict | None]:
+    """The leaf served for SNI, and (when CAFILE is given) its verified certificate dict."""
+    if cafile:
+        ctx = ssl.create_default_context(cafile=cafile)
+        ctx.check_hostname = check_hostname
+    else:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=sni) as s:
+            return s.getpeercert(True), (s.getpeercert() if cafile else None)
+
+
+def wait_issued(host: str, port: int, sni: str, root: str, timeout: float = 60.0) -> bytes:
+    """Polls until SNI gets a certificate that verifies against pebble's root (hostname included)."""
+    deadline = time.monotonic() + timeout * SLOW
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            der, _ = served(host, port, sni, root)
+            return der
+        except (ssl.SSLError, OSError) as e:
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"{sni}: no certificate from pebble after {timeout} s ({last})")
+
+
+def metric(admin: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics") as r:
+        text = r.read().decode()
+    m = re.search(r"^" + re.escape(name) + r" (\S+)$", text, re.M)
+    return float(m.group(1)) if m else -1.0
+
+
+@unittest.skipUnless(PEBBLE and shutil.which("pebble-challtestsrv"), "pebble is not installed")
+class Acme(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="t-", dir=TMP)
+        self.port = free_port()
+        self.admin = free_port()
+        # One test rejects more nonces, so that badNonce retries surely happen there.
+        reject = 30 if self._testMethodName == "test_issue_serve_restart" else None
+        self.pebble = Pebble(os.path.join(self.dir, "pebble"), self.port, reject)
+        self.storage = os.path.join(self.dir, "acme")
+        self.procs: list[MailsnidProcess] = []
+
+    def tearDown(self):
+        for p in self.procs:
+            p.stop()
+        self.pebble.stop()
+
+    def start(self, domains, name="mailsnid", listen=None, admin=None, extra=""):
+        listen = listen or f"127.0.0.1:{self.port}"
+        p = MailsnidProcess(config(listen=listen, backend=free_port(), admin=admin or self.admin,
+                                   directory=self.pebble.directory, storage=self.storage,
+                                   domains=domains, extra=extra),
+                            self.dir, name=name)
+        host, port = listen.rsplit(":", 1)
+        p.start([int(port)] if host == "127.0.0.1" else [])
+        if host != "127.0.0.1":
+            wait_port(int(port), host=host)
+        self.procs.append(p)
+        return p
+
+    def certs_output(self, p: MailsnidProcess) -> str:
+        return subprocess.run([MAILSNID, "--certs", "-c", p.config], capture_output=True,
+                              text=True, check=True).stdout
+
+    def test_issue_serve_restart(self):
+        domains = ["alpha.test", "beta.test", "gamma.test"]
+        p = self.start(domains)
+        ders = {}
+        for d in domains:
+            for n in (f"mail.{d}", f"webmail.{d}"):
+                ders[n] = wait_issued("127.0.0.1", self.port, n, self.pebble.root)
+        # One certificate per domain covering both names; the chain verified against the root
+        # from the management port, so the intermediate was served too.
+        for d in domains:
+            self.assertEqual(ders[f"mail.{d}"], ders[f"webmail.{d}"])
+        self.assertEqual(len(set(ders.values())), 3)
+        # Other names still get the default.
+        _, info = served("127.0.0.1", self.port, "mail.hoster.test", PKI["ca"])
+        self.assertIn(("DNS", "mail.hoster.test"), info["subjectAltName"])
+        key = os.stat(os.path.join(self.storage, "certs", "alpha.test", "privkey.pem"))
+        self.assertEqual(key.st_mode & 0o777, 0o600)
+        p.wait_log(r"acme: gamma.test: certificate issued")
+        self.assertEqual(len(re.findall(r"certificate issued", p.log())), 3)
+        retried = [int(n) for n in re.findall(r"certificate issued.*after (\d+) badNonce", p.log())]
+        self.assertGreater(max(retried), 0)
+        self.assertEqual(metric(self.admin, 'mailsnid_acme_orders_total{result="ok"}'), 3)
+        out = self.certs_output(p)
+        self.assertRegex(out, r"(?m)^mail\.alpha\.test acme valid until \d{4}-")
+        self.assertIn("/acme/certs/beta.test/fullchain.pem", out)
+        # A restart serves what is stored at once and orders nothing.
+        self.assertEqual(p.stop(), 0)
+        self.procs.remove(p)
+        before = self.pebble.log().count("Added order ")
+        os.rename(p.log_path, p.log_path + ".1")
+        p2 = self.start(domains)
+        for n, der in ders.items():
+            got, _ = served("127.0.0.1", self.port, n, self.pebble.root)
+            self.assertEqual(got, der, n)
+        time.sleep(2 * SLOW)
+        self.assertNotIn("ordering", p2.log())
+        self.assertEqual(self.pebble.log().count("Added order "), before)
+
+    def test_reload_adds_domain(self):
+        p = self.start(["alpha.test"])
+        wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+        with open(p.config) as f:
+            text = f.read()
+        with open(p.config, "w") as f:
+            f.write(text.replace('domains = [ "alpha.test" ]', 'domains = [ "alpha.test", "delta.test" ]'))
+        p.signal(signal.SIGHUP)
+        wait_issued("127.0.0.1", self.port, "webmail.delta.test", self.pebble.root)
+        self.assertEqual(len(re.findall(r"acme: alpha.test: ordering", p.log())), 1)
+
+    def test_failing_domain_backs_off(self):
+        # mail.bad.test resolves to an address where nothing listens: validation fails.
+        self.pebble.add_a("mail.bad.test", "127.0.0.9")
+        p = self.start(["bad.test", "good.test"])
+        wait_issued("127.0.0.1", self.port, "mail.good.test", self.pebble.root)
+        lines = p.wait_log(r"acme: bad.test: order failed", count=3, timeout=60)
+        waits = [int(re.search(r"next in (\d+) s", l).group(1)) for l in lines[:3]]
+        self.assertEqual(waits, [1, 2, 3])              # doubling, capped at backoff_max
+        self.assertRegex(lines[0], r"tls-alpn-01 validation invalid: .*127\.0\.0\.9")
+        self.assertGreaterEqual(metric(self.admin, 'mailsnid_acme_orders_total{result="failed"}'), 3)
+        out = self.certs_output(p)
+        self.assertRegex(out, r"(?m)^mail\.bad\.test acme failing: .*127\.0\.0\.9")
+        self.assertRegex(out, r"(?m)^mail\.good\.test acme valid until ")
+        # Still the default for the failing name: handshakes go on.
+        _, info = served("127.0.0.1", self.port, "mail.bad.test", PKI["ca"], check_hostname=False)
+        self.assertIn(("DNS", "mail.hoster.test"), info["subjectAltName"])
+
+    def test_renewal(self):
+        # Pebble's certificates last about five years: a window of ten makes each due at once.
+        p = self.start(["alpha.test"], extra="renew_before_days = 3650;")
+        first = wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+        p.wait_log(r"acme: alpha.test: certificate issued \(renewal\)", timeout=60)
+        deadline = time.monotonic() + 20 * SLOW
+        while served("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)[0] == first:
+            self.assertLess(time.monotonic(), deadline, "the renewed certificate is not served")
+            time.sleep(0.2)
+        self.assertGreaterEqual(metric(self.admin, "mailsnid_acme_renewals_total"), 1)
+
+    def test_two_instances_share_storage(self):
+        # Two instances on one port, different addresses; pebble's DNS sends each domain's
+        # names to one of them, so each answers validations for orders the other may have placed.
+        domains = ["a1.test", "a2.test", "a3.test", "a4.test"]
+        for i, d in enumerate(domains):
+            for n in (f"mail.{d}", f"webmail.{d}"):
+                self.pebble.add_a(n, "127.0.0.2" if i % 2 == 0 else "127.0.0.3")
+        p1 = self.start(domains, name="one", listen=f"127.0.0.2:{self.port}")
+        p2 = self.start(domains, name="two", listen=f"127.0.0.3:{self.port}", admin=free_port())
+        for i, d in enumerate(domains):
+            for host in ("127.0.0.2", "127.0.0.3"):
+                wait_issued(host, self.port, f"mail.{d}", self.pebble.root)
+        issued = re.findall(r"acme: (\S+): certificate issued", p1.log() + p2.log())
+        self.assertEqual(sorted(issued), domains)
+        self.assertEqual(self.pebble.log().count("Added order "), 4)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,355 @@
+/* Unit tests for acme/: the parsers of what a CA sends besides JSON (header lines, Retry-After,
+ * RFC 3339 times, ARI windows), the JWS signing, the challenge answers and the storage. The
+ * parsers take whole values (libcurl hands over whole header lines), so "split at every byte"
+ * means here: every prefix of a good input, in a buffer of exactly its size (ASan sees any
+ * read past it), must be refused or read the same, never crash. */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <utime.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include <jansson.h>
+
+#include "acme/challenge.h"
+#include "acme/internal.h"
+#include "check.h"
+
+static char tmp[64];
+
+/* A heap copy of the first N bytes of S, exactly N bytes long (not NUL-terminated). */
+static char *exact(const char *s, size_t n)
+{
+    char *p = malloc(n ? n : 1);
+    memcpy(p, s, n);
+    return p;
+}
+
+static void test_rfc3339(void)
+{
+    time_t t = 0;
+    CHECK(acme_parse_rfc3339("2026-12-04T17:45:13Z", 20, &t) == 0 && t == 1796406313);
+    CHECK(acme_parse_rfc3339("2026-12-04t17:45:13.123456z", 27, &t) == 0 && t == 1796406313);
+    CHECK(acme_parse_rfc3339("2026-12-04T19:45:13+02:00", 25, &t) == 0 && t == 1796406313);
+    CHECK(acme_parse_rfc3339("2026-12-04T16:15:13-01:30", 25, &t) == 0 && t == 1796406313);
+    CHECK(acme_parse_rfc3339("2000-02-29T00:00:00Z", 20, &t) == 0 && t == 951782400);
+    static const char *const bad[] = {
+        "2026-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2026-13-01T00:00:00Z",
+        "2026-00-01T00:00:00Z", "2026-04-31T00:00:00Z", "2026-12-04T24:00:00Z",
+        "2026-12-04T17:60:13Z", "2026-12-04T17:45:13", "2026-12-04T17:45:13.Z",
+        "2026-12-04T17:45:13Zx", "2026-12-04T17:45:13+0200", "2026-12-04T17:45:13+24:00",
+        "2026-1-04T17:45:13Z", "+026-12-04T17:45:13Z", "", "2026-12-04",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        t = 42;
+        CHECK(acme_parse_rfc3339(bad[i], strlen(bad[i]), &t) == -EINVAL && t == 42);
+    }
+    const char *good = "2026-12-04T19:45:13.5+02:00";
+    for (size_t n = 0; n < strlen(good); n++) {
+        char *p = exact(good, n);
+        int rc = acme_parse_rfc3339(p, n, &t);
+        /* The prefix without the offset's end is not a time; none before the zone is. */
+        CHECK(rc == -EINVAL);
+        free(p);
+    }
+}
+
+static void test_retry_after(void)
+{
+    time_t when = 1445412480;              /* Wed, 21 Oct 2015 07:28:00 GMT */
+    CHECK(acme_parse_retry_after("120", 3, 0) == 120);
+    CHECK(acme_parse_retry_after("0", 1, 0) == 0);
+    CHECK(acme_parse_retry_after("99999999999999999999", 20, 0) == 86400);
+    CHECK(acme_parse_retry_after("12a", 3, 0) == -1);
+    CHECK(acme_parse_retry_after("-5", 2, 0) == -1);
+    CHECK(acme_parse_retry_after("", 0, 0) == -1);
+    const char *date = "Wed, 21 Oct 2015 07:28:00 GMT";
+    CHECK(acme_parse_retry_after(date, strlen(date), when - 100) == 100);
+    CHECK(acme_parse_retry_after(date, strlen(date), when + 100) == 0);
+    CHECK(acme_parse_retry_after(date, strlen(date), when - 1000000) == 86400);
+    CHECK(acme_parse_retry_after("Wed, 21 Okt 2015 07:28:00 GMT", 29, 0) == -1);
+    CHECK(acme_parse_retry_after("Wed, 31 Feb 2015 07:28:00 GMT", 29, 0) == -1);
+    CHECK(acme_parse_retry_after("Wed, 21 Oct 2015 07:28:00 UTC", 29, 0) == -1);
+    for (size_t n = 1; n < strlen(date); n++) {
+        char *p = exact(date, n);
+        CHECK(acme_parse_retry_after(p, n, when - 100) == -1);
+        free(p);
+    }
+    /* Every prefix of a number is a smaller number: read, never past its end. */
+    const char *num = "86399";
+    for (size_t n = 1; n <= strlen(num); n++) {
+        char *p = exact(num, n), want[8];
+        memcpy(want, num, n);
+        want[n] = '\0';
+        CHECK(acme_parse_retry_after(p, n, 0) == strtol(want, NULL, 10));
+        free(p);
+    }
+}
+
+static void test_header(void)
+{
+    const char *v;
+    size_t n;
+    const char *line = "Replay-Nonce: abc-DEF_1 \r\n";
+    CHECK(acme_header_match(line, strlen(line), "Replay-Nonce", &v, &n) && n == 9 &&
+          memcmp(v, "abc-DEF_1", 9) == 0);
+    CHECK(acme_header_match("replay-nonce:x\r\n", 16, "Replay-Nonce", &v, &n) && n == 1 && *v == 'x');
+    CHECK(acme_header_match("Location:\r\n", 11, "Location", &v, &n) && n == 0);
+    CHECK(!acme_header_match("Replay-Nonces: x\r\n", 18, "Replay-Nonce", &v, &n));
+    CHECK(!acme_header_match("X-Replay-Nonce: x\r\n", 19, "Replay-Nonce", &v, &n));
+    CHECK(!acme_header_match("Replay-Nonce x\r\n", 16, "Replay-Nonce", &v, &n));
+    for (size_t k = 0; k <= strlen(line); k++) {
+        char *p = exact(line, k);
+        bool m = acme_header_match(p, k, "Replay-Nonce", &v, &n);
+        /* Matches once the colon is in; the value is then a prefix of the full one. */
+        CHECK(m == (k >= 13));
+        CHECK(!m || (v >= p && v + n <= p + k && memcmp(v, "abc-DEF_1", n) == 0));
+        free(p);
+    }
+}
+
+static void test_ari(void)
+{
+    time_t s = 0, e = 0;
+    const char *w = "{\"suggestedWindow\":{\"start\":\"2025-01-02T04:00:00Z\","
+                    "\"end\":\"2025-01-03T04:00:00Z\"},\"explanationURL\":\"https://x\"}";
+    CHECK(acme_ari_window(w, strlen(w), &s, &e) == 0 && s == 1735790400 && e == 1735876800);
+    for (size_t n = 0; n < strlen(w); n++) {
+        char *p = exact(w, n);
+        CHECK(acme_ari_window(p, n, &s, &e) == -EINVAL);
+        free(p);
+    }
+    static const char *const bad[] = {
+        "{\"suggestedWindow\":{\"start\":\"2025-01-03T04:00:00Z\",\"end\":\"2025-01-02T04:00:00Z\"}}",
+        "{\"suggestedWindow\":{\"start\":\"2025-01-02T04:00:00Z\"}}",
+        "{\"suggestedWindow\":{\"start\":1,\"end\":2}}",
+        "{\"suggestedWindow\":\"soon\"}", "[]", "null", "{}",
+        "{\"suggestedWindow\":{\"start\":\"2025-01-02T04:00:00Z\",\"start\":\"x\",\"end\":\"2025-01-03T04:00:00Z\"}}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        CHECK(acme_ari_window(bad[i], strlen(bad[i]), &s, &e) == -EINVAL);
+
+    /* RFC 9773 appendix A: AKI 69:88:5B:6B:87:46:40:41:E1:B3:7B:84:7B:A0:AE:2C:DE:01:C8:D4 and
+     * serial 00:87:65:43:21 give "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE". */
+    static const unsigned char aki[] = { 0x69, 0x88, 0x5B, 0x6B, 0x87, 0x46, 0x40, 0x41, 0xE1, 0xB3,
+                                         0x7B, 0x84, 0x7B, 0xA0, 0xAE, 0x2C, 0xDE, 0x01, 0xC8, 0xD4 };
+    X509 *x = X509_new();
+    AUTHORITY_KEYID *akid = AUTHORITY_KEYID_new();
+    akid->keyid = ASN1_OCTET_STRING_new();
+    ASN1_OCTET_STRING_set(akid->keyid, aki, sizeof aki);
+    ASN1_INTEGER_set_uint64(X509_get_serialNumber(x), 0x87654321u);
+    X509_add1_ext_i2d(x, NID_authority_key_identifier, akid, 0, 0);
+    char *id = acme_ari_cert_id(x);
+    CHECK_STR(id, "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE");
+    free(id);
+    AUTHORITY_KEYID_free(akid);
+    X509_free(x);
+}
+
+static unsigned char *b64url_decode(const char *s, size_t *len)
+{
+    size_t n = strlen(s), pad = (4 - n % 4) % 4;
+    char *std = malloc(n + pad + 1);
+    for (size_t i = 0; i < n; i++)
+        std[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
+    memset(std + n, '=', pad);
+    unsigned char *out = malloc(n + pad + 1);
+    int m = EVP_DecodeBlock(out, (unsigned char *)std, (int)(n + pad));
+    free(std);
+    *len = m < 0 ? 0 : (size_t)m - pad;
+    return out;
+}
+
+static void test_jws(void)
+{
+    char *b;
+    static const struct { const char *in, *out; } v[] = {
+        { "", "" }, { "f", "Zg" }, { "fo", "Zm8" }, { "foo", "Zm9v" }, { "foob", "Zm9vYg" },
+        { "\xfb\xff", "-_8" },
+    };
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+        b = acme_b64url((const unsigned char *)v[i].in, strlen(v[i].in));
+        CHECK_STR(b, v[i].out);
+        free(b);
+    }
+    char err[256], storage[128];
+    snprintf(storage, sizeof storage, "%s/store", tmp);
+    EVP_PKEY *k = acme_account_key(storage, err, sizeof err);
+    CHECK(k != NULL);
+    if (!k)
+        return;
+    EVP_PKEY *again = acme_account_key(storage, err, sizeof err);
+    CHECK(again && EVP_PKEY_eq(k, again) == 1);    /* read back, not made anew */
+    EVP_PKEY_free(again);
+    char path[256];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/account.key", storage);
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+
+    char *jwk = acme_jwk_json(k), thumb[64];
+    static const char jwk_start[] = "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"";
+    CHECK(jwk && strncmp(jwk, jwk_start, sizeof jwk_start - 1) == 0 && strstr(jwk, "\",\"y\":\""));
+    CHECK(acme_jwk_thumbprint(k, thumb) == 0 && strlen(thumb) == 43);
+    free(jwk);
+
+    char *jws = acme_jws(k, NULL, "nonce-1", "https://ca/new-acct", "{\"a\":1}");
+    json_t *o = jws ? json_loads(jws, 0, NULL) : NULL;
+    const char *prot = json_string_value(json_object_get(o, "protected"));
+    const char *pay = json_string_value(json_object_get(o, "payload"));
+    const char *sig = json_string_value(json_object_get(o, "signature"));
+    CHECK(prot && pay && sig);
+    if (prot && pay && sig) {
+        size_t plen, slen;
+        unsigned char *p = b64url_decode(prot, &plen), *s = b64url_decode(sig, &slen);
+        json_t *h = json_loadb((char *)p, plen, 0, NULL);
+        CHECK_STR(json_string_value(json_object_get(h, "alg")), "ES256");
+        CHECK_STR(json_string_value(json_object_get(h, "nonce")), "nonce-1");
+        CHECK_STR(json_string_value(json_object_get(h, "url")), "https://ca/new-acct");
+        CHECK(json_object_get(h, "jwk") && !json_object_get(h, "kid"));
+        CHECK_STR(pay, "eyJhIjoxfQ");
+        /* The signature verifies as ES256: R || S, 32 bytes each. */
+        CHECK(slen == 64);
+        ECDSA_SIG *es = ECDSA_SIG_new();
+        ECDSA_SIG_set0(es, BN_bin2bn(s, 32, NULL), BN_bin2bn(s + 32, 32, NULL));
+        unsigned char *der = NULL;
+        int dlen = i2d_ECDSA_SIG(es, &der);
+        char input[1024];
+        snprintf(input, sizeof input, "%s.%s", prot, pay);
+        EVP_MD_CTX *md = EVP_MD_CTX_new();
+        CHECK(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, k) == 1 &&
+              EVP_DigestVerify(md, der, (size_t)dlen, (unsigned char *)input, strlen(input)) == 1);
+        input[0] ^= 1;
+        CHECK(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, k) == 1 &&
+              EVP_DigestVerify(md, der, (size_t)dlen, (unsigned char *)input, strlen(input)) != 1);
+        EVP_MD_CTX_free(md);
+        OPENSSL_free(der);
+        ECDSA_SIG_free(es);
+        json_decref(h);
+        free(p);
+        free(s);
+    }
+    json_decref(o);
+    free(jws);
+    jws = acme_jws(k, "https://ca/acct/1", "n2", "https://ca/x", "");
+    o = jws ? json_loads(jws, 0, NULL) : NULL;
+    CHECK_STR(json_string_value(json_object_get(o, "payload")), "");
+    json_decref(o);
+    free(jws);
+    EVP_PKEY_free(k);
+}
+
+static void test_challenges(void)
+{
+    char storage[128], out[256];
+    snprintf(storage, sizeof storage, "%s/store", tmp);
+    const char *ka = "tok_en-1.thumbprint";
+    CHECK(acme_challenge_put(storage, "http-01", "tok_en-1", ka) == 0);
+    CHECK(acme_http01_key_authorization(storage, "tok_en-1", out, sizeof out) == (int)strlen(ka));
+    CHECK_STR(out, ka);
+    CHECK(acme_http01_key_authorization(storage, "tok_en-1", out, 5) == -ENOSPC);
+    CHECK(acme_http01_key_authorization(storage, "other", out, sizeof out) == -ENOENT);
+    CHECK(acme_http01_key_authorization(storage, "../account.key", out, sizeof out) == -EINVAL);
+    CHECK(acme_http01_key_authorization(storage, "", out, sizeof out) == -EINVAL);
+    CHECK(acme_http01_key_authorization(storage, "a/b", out, sizeof out) == -EINVAL);
+    acme_challenge_remove(storage, "http-01", "tok_en-1");
+    CHECK(acme_http01_key_authorization(storage, "tok_en-1", out, sizeof out) == -ENOENT);
+
+    X509 *x;
+    EVP_PKEY *k;
+    CHECK(acme_tlsalpn01_answer(storage, "mail.alpha.test", &x, &k) == -ENOENT);
+    CHECK(acme_tlsalpn01_answer(storage, "../store", &x, &k) == -EINVAL);
+    CHECK(acme_challenge_put(storage, "tls-alpn-01", "mail.alpha.test", ka) == 0);
+    CHECK(acme_tlsalpn01_answer(storage, "mail.alpha.test", &x, &k) == 0);
+    if (x && k) {
+        CHECK(X509_check_private_key(x, k) == 1);
+        CHECK(X509_check_host(x, "mail.alpha.test", 0, 0, NULL) == 1);
+        CHECK(X509_check_host(x, "webmail.alpha.test", 0, 0, NULL) != 1);
+        ASN1_OBJECT *oid = OBJ_txt2obj("1.3.6.1.5.5.7.1.31", 1);
+        int at = X509_get_ext_by_OBJ(x, oid, -1);
+        X509_EXTENSION *ext = at >= 0 ? X509_get_ext(x, at) : NULL;
+        CHECK(ext && X509_EXTENSION_get_critical(ext) == 1);
+        unsigned char want[34] = { 0x04, 0x20 };
+        EVP_Digest(ka, strlen(ka), want + 2, NULL, EVP_sha256(), NULL);
+        const ASN1_OCTET_STRING *d = ext ? X509_EXTENSION_get_data(ext) : NULL;
+        CHECK(d && ASN1_STRING_length(d) == 34 && memcmp(ASN1_STRING_get0_data(d), want, 34) == 0);
+        ASN1_OBJECT_free(oid);
+    }
+    X509_free(x);
+    EVP_PKEY_free(k);
+}
+
+static void test_storage(void)
+{
+    char storage[128], path[256];
+    snprintf(storage, sizeof storage, "%s/store", tmp);
+    CHECK(acme_lock(storage, "alpha.test", 600) == 0);
+    CHECK(acme_lock(storage, "alpha.test", 600) == -EBUSY);
+    CHECK(acme_lock(storage, "beta.test", 600) == 0);
+    /* A lock whose holder stopped touching it ten minutes ago is taken over. */
+    snprintf(path, sizeof path, "%s/locks/alpha.test.lock", storage);
+    struct utimbuf old = { time(NULL) - 700, time(NULL) - 700 };
+    CHECK(utime(path, &old) == 0);
+    CHECK(acme_lock(storage, "alpha.test", 600) == 0);
+    acme_unlock(storage, "alpha.test");
+    acme_unlock(storage, "beta.test");
+    CHECK(acme_lock(storage, "alpha.test", 600) == 0);
+    acme_unlock(storage, "alpha.test");
+
+    /* A pair: the link swapped, the old archive folder gone, the key 0600. */
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    X509_set_pubkey(x, k);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_sign(x, k, EVP_sha256());
+    BIO *cb = BIO_new(BIO_s_mem()), *kb = BIO_new(BIO_s_mem());
+    PEM_write_bio_X509(cb, x);
+    PEM_write_bio_PrivateKey(kb, k, NULL, NULL, 0, NULL, NULL);
+    char *cp, *kp;
+    long cl = BIO_get_mem_data(cb, &cp), kl = BIO_get_mem_data(kb, &kp);
+    char first[PATH_MAX] = "", second[PATH_MAX] = "";
+    CHECK(acme_store_pair(storage, "alpha.test", cp, (size_t)cl, kp, (size_t)kl) == 0);
+    snprintf(path, sizeof path, "%s/certs/alpha.test", storage);
+    CHECK(realpath(path, first) != NULL);
+    CHECK(acme_store_pair(storage, "alpha.test", cp, (size_t)cl, kp, (size_t)kl) == 0);
+    CHECK(realpath(path, second) != NULL && strcmp(first, second) != 0);
+    struct stat st;
+    CHECK(stat(first, &st) < 0 && errno == ENOENT);
+    snprintf(path, sizeof path, "%s/certs/alpha.test/privkey.pem", storage);
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    X509 *back = acme_stored_cert(storage, "alpha.test");
+    CHECK(back && X509_cmp(back, x) == 0);
+    X509_free(back);
+    CHECK(acme_stored_cert(storage, "beta.test") == NULL);
+    BIO_free(cb);
+    BIO_free(kb);
+    X509_free(x);
+    EVP_PKEY_free(k);
+}
+
+int main(void)
+{
+    snprintf(tmp, sizeof tmp, "/tmp/acme-test-XXXXXX");
+    if (!mkdtemp(tmp)) {
+        perror("mkdtemp");
+        return 2;
+    }
+    test_rfc3339();
+    test_retry_after();
+    test_header();
+    test_ari();
+    test_jws();
+    test_challenges();
+    test_storage();
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", tmp);
+    return check_report("test_acme");
+}
