@@ -386,6 +386,8 @@ void server_retire(struct server *srv)
     atomic_store(&srv->unhealthy, true);
     atomic_store(&srv->draining, true);
     admin_stop(srv);
+    /* The new process orders from now on; it shares the storage, so nothing is lost. */
+    acme_host_stop(srv);
     unsigned limit = srv->conf->hard_stop_after_s;
     if (limit)
         uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)limit * 1000, 0);
