@@ -530,6 +530,15 @@ void acme_client_order(struct acme_client *c, const char *domain, char **names, 
         goto out;
     if (h.status != 201) {
         fail_http(res, "newOrder", &h);
+        /* A deactivated or forgotten account (a CA reset, a revoked key's account): register
+         * again at the next attempt instead of failing every domain forever. */
+        if (strstr(res->error, " accountDoesNotExist") || strstr(res->error, " unauthorized")) {
+            char path[4200];
+            snprintf(path, sizeof path, "%s/account.json", c->s->storage);
+            unlink(path);
+            free(c->kid);
+            c->kid = NULL;
+        }
         goto out;
     }
     order = body_json(&h);

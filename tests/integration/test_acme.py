@@ -281,6 +281,17 @@ class Acme(unittest.TestCase):
         _, info = served("127.0.0.1", self.port, "mail.bad.test", PKI["ca"], check_hostname=False)
         self.assertIn(("DNS", "mail.hoster.test"), info["subjectAltName"])
 
+    def test_pace(self):
+        # One new order per hour: the second domain waits for the budget, and says so.
+        p = self.start(["alpha.test", "beta.test"], extra="pace_orders = 1; pace_window = 3600;")
+        wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+        time.sleep(3 * SLOW)
+        self.assertEqual(self.pebble.log().count("Added order "), 1)
+        self.assertNotIn("beta.test: ordering", p.log())
+        out = self.certs_output(p)
+        self.assertRegex(out, r"(?m)^mail\.beta\.test acme pending$")
+        self.assertRegex(out, r"(?m)^mail\.alpha\.test acme valid until ")
+
     def test_renewal(self):
         # Pebble's certificates last about five years: a window of ten makes each due at once.
         p = self.start(["alpha.test"], extra="renew_before_days = 3650;")
@@ -299,14 +310,20 @@ class Acme(unittest.TestCase):
         for i, d in enumerate(domains):
             for n in (f"mail.{d}", f"webmail.{d}"):
                 self.pebble.add_a(n, "127.0.0.2" if i % 2 == 0 else "127.0.0.3")
+        # "two" may place one order only, so "one" orders most domains, some of them under
+        # names that resolve to "two": those validations are answered by "two".
         p1 = self.start(domains, name="one", listen=f"127.0.0.2:{self.port}")
-        p2 = self.start(domains, name="two", listen=f"127.0.0.3:{self.port}", admin=free_port())
+        p2 = self.start(domains, name="two", listen=f"127.0.0.3:{self.port}", admin=free_port(),
+                        extra="pace_orders = 1; pace_window = 3600;")
         for i, d in enumerate(domains):
             for host in ("127.0.0.2", "127.0.0.3"):
                 wait_issued(host, self.port, f"mail.{d}", self.pebble.root)
         issued = re.findall(r"acme: (\S+): certificate issued", p1.log() + p2.log())
         self.assertEqual(sorted(issued), domains)
         self.assertEqual(self.pebble.log().count("Added order "), 4)
+        by_one = set(re.findall(r"acme: (\S+): certificate issued", p1.log()))
+        answered_by_two = set(re.findall(r"answering a tls-alpn-01 validation for mail\.(\S+)", p2.log()))
+        self.assertTrue(by_one & answered_by_two, (by_one, answered_by_two))
 
 
 if __name__ == "__main__":
