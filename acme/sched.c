@@ -171,8 +171,8 @@ static bool take_token(struct acme *m, time_t now, time_t *when)
     return false;
 }
 
-/* When the stored certificate X is due for renewal. */
-static time_t due_at(struct acme *m, X509 *x)
+/* When the stored certificate X of DOMAIN is due for renewal. */
+static time_t due_at(struct acme *m, const char *domain, X509 *x)
 {
     time_t nb = 0, na = 0;
     struct tm tm;
@@ -187,9 +187,15 @@ static time_t due_at(struct acme *m, X509 *x)
         time_t start, end;
         int rc = id ? acme_client_ari(m->client, id, &start, &end) : -EINVAL;
         free(id);
-        /* RFC 9773 4.2: a point chosen at random in the window spreads a fleet's renewals. */
-        if (rc == 0)
-            return start + (end > start ? (time_t)((unsigned long)random() % (unsigned long)(end - start)) : 0);
+        /* RFC 9773 4.2 asks for a random point in the window, to spread renewals. One fixed
+         * by the domain's name spreads them as well and stays put when asked again, so every
+         * instance sharing the storage agrees on it. */
+        if (rc == 0) {
+            unsigned long h = 5381;
+            for (const char *p = domain; *p; p++)
+                h = h * 33 + (unsigned char)*p;
+            return start + (end > start ? (time_t)(h % (unsigned long)(end - start)) : 0);
+        }
     }
     return nb + (na - nb) * 2 / 3;
 }
@@ -210,7 +216,7 @@ static time_t check_stored(struct acme *m, struct dom *d, X509 **cert)
         m->hooks.issued(m->hooks.arg);
     d->seen = true;
     d->not_after = na;
-    time_t due = x ? due_at(m, x) : 0;
+    time_t due = x ? due_at(m, d->name, x) : 0;
     if (cert)
         *cert = x;
     else
