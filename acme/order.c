@@ -73,6 +73,10 @@ static void fail(struct acme_result *res, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(res->error, sizeof res->error, fmt, ap);
     va_end(ap);
+    /* The CA's words go to logs and --certs lines: one line, no terminal escapes. */
+    for (char *p = res->error; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = ' ';
     res->ok = false;
 }
 

@@ -181,6 +181,83 @@ def metric(admin: int, name: str) -> float:
     return float(m.group(1)) if m else -1.0
 
 
+class FakeCA:
+    """An HTTPS server that answers every request with BODY: a CA gone wrong."""
+
+    def __init__(self, body: bytes, status: int = 200):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(PKI["pebble_cert"], PKI["pebble_key"])
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class CaFaults(unittest.TestCase):
+    """A CA that cannot be reached or answers nonsense: logged, retried with back-off, and
+    serving goes on."""
+
+    def run_against(self, directory: str, pattern: str):
+        d = tempfile.mkdtemp(prefix="f-", dir=TMP)
+        port, admin = free_port(), free_port()
+        p = MailsnidProcess(config(listen=f"127.0.0.1:{port}", backend=free_port(), admin=admin,
+                                   directory=directory, storage=os.path.join(d, "acme"),
+                                   domains=["alpha.test", "beta.test"]), d)
+        p.start([port])
+        try:
+            lines = p.wait_log(r"acme: alpha.test: order failed", count=2, timeout=20)
+            self.assertRegex(lines[0], pattern)
+            self.assertIn("next in 1 s", lines[0])
+            self.assertIn("next in 2 s", lines[1])
+            p.wait_log(r"acme: beta.test: order failed")
+            _, info = served("127.0.0.1", port, "mail.alpha.test", PKI["ca"], check_hostname=False)
+            self.assertIn(("DNS", "mail.hoster.test"), info["subjectAltName"])
+            self.assertGreaterEqual(metric(admin, 'mailsnid_acme_orders_total{result="failed"}'), 3)
+        finally:
+            self.assertEqual(p.stop(), 0)
+
+    def test_unreachable(self):
+        self.run_against(f"https://localhost:{free_port()}/dir", r"directory: .*(connect|Connection)")
+
+    def test_garbage_json(self):
+        ca = FakeCA(b'{"newNonce": 5, "newAccount": ["x"], "newOrder": {"a": ')
+        try:
+            self.run_against(f"https://localhost:{ca.port}/dir",
+                             r"no newNonce, newAccount or newOrder URL")
+        finally:
+            ca.stop()
+
+    def test_error_document(self):
+        ca = FakeCA(b'{"type": "urn:ietf:params:acme:error:serverInternal", '
+                    b'"detail": "down for\\nmaintenance\\u001b[31m"}', status=503)
+        try:
+            self.run_against(f"https://localhost:{ca.port}/dir",
+                             r"directory: HTTP 503 serverInternal: down for maintenance \[31m$")
+        finally:
+            ca.stop()
+
+
 @unittest.skipUnless(PEBBLE and shutil.which("pebble-challtestsrv"), "pebble is not installed")
 class Acme(unittest.TestCase):
     def setUp(self):
