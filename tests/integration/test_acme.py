@@ -184,7 +184,7 @@ def metric(admin: int, name: str) -> float:
 class FakeCA:
     """An HTTPS server that answers every request with BODY: a CA gone wrong."""
 
-    def __init__(self, body: bytes, status: int = 200):
+    def __init__(self, body: bytes, status: int = 200, headers: dict | None = None):
         import http.server
         import threading
 
@@ -193,6 +193,8 @@ class FakeCA:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -246,6 +248,26 @@ class CaFaults(unittest.TestCase):
             self.run_against(f"https://localhost:{ca.port}/dir",
                              r"no newNonce, newAccount or newOrder URL")
         finally:
+            ca.stop()
+
+    def test_rate_limited(self):
+        # A 429 with Retry-After: that wait, not the back-off, and every domain waits with it.
+        ca = FakeCA(b'{"type": "urn:ietf:params:acme:error:rateLimited", "detail": "slow down"}',
+                    status=429, headers={"Retry-After": "4"})
+        d = tempfile.mkdtemp(prefix="f-", dir=TMP)
+        port = free_port()
+        p = MailsnidProcess(config(listen=f"127.0.0.1:{port}", backend=free_port(), admin=free_port(),
+                                   directory=f"https://localhost:{ca.port}/dir",
+                                   storage=os.path.join(d, "acme"), domains=["alpha.test", "beta.test"]), d)
+        p.start([port])
+        try:
+            first = p.wait_log(r"acme: \S+: order failed", timeout=10)[0]
+            self.assertRegex(first, r"next in 4 s\): directory: HTTP 429 rateLimited: slow down$")
+            time.sleep(2.5)
+            self.assertEqual(len(re.findall(r"order failed", p.log())), 1)
+            p.wait_log(r"acme: \S+: order failed", count=2, timeout=10)
+        finally:
+            self.assertEqual(p.stop(), 0)
             ca.stop()
 
     def test_error_document(self):
