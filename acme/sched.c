@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "acme/internal.h"
 
@@ -206,8 +207,21 @@ static time_t cert_not_after(X509 *x)
     return ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) ? timegm(&tm) : 0;
 }
 
+/* Does X name every name the patterns give DOMAIN? (A name added to acme.names by reload means
+ * a new order now, not at the next renewal.) */
+static bool covers_names(struct acme *m, const char *domain, X509 *x)
+{
+    char name[512];
+    for (size_t i = 0; i < m->s->n_names; i++)
+        if (conf_acme_name(m->s->names[i], domain, name, sizeof name) > 0 &&
+            X509_check_host(x, name, strlen(name), X509_CHECK_FLAG_NO_WILDCARDS, NULL) != 1)
+            return false;
+    return true;
+}
+
 /* Looks at DOMAIN's stored certificate: a new one (another instance's, or ours) means a
- * snapshot rebuild; returns the renewal time, or 0 when there is none. */
+ * snapshot rebuild; returns the renewal time (1 when it lacks a wanted name), or 0 when there
+ * is none. */
 static time_t check_stored(struct acme *m, struct dom *d, X509 **cert)
 {
     X509 *x = acme_stored_cert(m->s->storage, d->name);
@@ -216,7 +230,7 @@ static time_t check_stored(struct acme *m, struct dom *d, X509 **cert)
         m->hooks.issued(m->hooks.arg);
     d->seen = true;
     d->not_after = na;
-    time_t due = x ? due_at(m, d->name, x) : 0;
+    time_t due = !x ? 0 : covers_names(m, d->name, x) ? due_at(m, d->name, x) : 1;
     if (cert)
         *cert = x;
     else
@@ -267,7 +281,7 @@ static void process(struct acme *m, struct dom *d, time_t now)
     } else if (!take_token(m, now, &when)) {
         d->next = when;
     } else {
-        bool renewal = cert != NULL;
+        bool renewal = cert != NULL && due != 1;   /* 1: the names changed: a new certificate */
         char **names, *replaces = cert ? acme_ari_cert_id(cert) : NULL;
         size_t n_names;
         struct acme_result res;

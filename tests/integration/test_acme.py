@@ -363,6 +363,19 @@ class Acme(unittest.TestCase):
         wait_issued("127.0.0.1", self.port, "webmail.delta.test", self.pebble.root)
         self.assertEqual(len(re.findall(r"acme: alpha.test: ordering", p.log())), 1)
 
+    def test_reload_adds_name(self):
+        p = self.start(["alpha.test"])
+        first = wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+        with open(p.config) as f:
+            text = f.read()
+        with open(p.config, "w") as f:
+            f.write(text.replace('"webmail.%d" ]', '"webmail.%d", "autoconfig.%d" ]'))
+        p.signal(signal.SIGHUP)
+        der = wait_issued("127.0.0.1", self.port, "autoconfig.alpha.test", self.pebble.root)
+        self.assertNotEqual(der, first)
+        self.assertEqual(served("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)[0], der)
+        self.assertEqual(len(re.findall(r"acme: alpha.test: ordering", p.log())), 2)
+
     def test_failing_domain_backs_off(self):
         # mail.bad.test resolves to an address where nothing listens: validation fails.
         self.pebble.add_a("mail.bad.test", "127.0.0.9")
