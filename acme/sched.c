@@ -282,7 +282,7 @@ static void process(struct acme *m, struct dom *d, time_t now)
         d->next = when;
     } else {
         bool renewal = cert != NULL && due != 1;   /* 1: the names changed: a new certificate */
-        char **names, *replaces = cert ? acme_ari_cert_id(cert) : NULL;
+        char **names, *replaces = renewal ? acme_ari_cert_id(cert) : NULL;
         size_t n_names;
         struct acme_result res;
         make_names(m, d->name, &names, &n_names);
