@@ -420,7 +420,8 @@ static void on_write(uv_write_t *req, int status)
 {
     struct buf *b = (struct buf *)req;
     struct conn *c = b->owner;
-    bool to_client = is_client(c, req->handle);
+    uv_tcp_t *stream = (uv_tcp_t *)req->handle; /* req is the buffer: read it before it goes */
+    bool to_client = stream == &c->client;
     buf_put(b);
     if (to_client)
         c->client_bufs--;
@@ -428,8 +429,12 @@ static void on_write(uv_write_t *req, int status)
         c->backend_bufs--;
     if (c->state == CONN_CLOSED)
         return; /* cancelled by the teardown */
-    if (!to_client && uv_is_closing((uv_handle_t *)&c->backend))
-        return; /* the pre-STARTTLS backend session being closed: its writes do not matter */
+    if (!to_client && uv_is_closing((uv_handle_t *)&c->backend)) {
+        /* The pre-STARTTLS backend session being closed: its writes do not matter, but a client
+         * held for its full queue may be read again. */
+        flow_release(c);
+        return;
+    }
     if (status < 0) {
         snprintf(c->error, sizeof c->error, "%s write: %s", to_client ? "client" : "backend",
                  uv_strerror(status));
@@ -439,7 +444,7 @@ static void on_write(uv_write_t *req, int status)
     if (to_client)
         c->last_active_ms = conn_now_ms(c); /* a client that takes what we send is not idle */
     /* What gathered behind the queue follows it now. */
-    if (flush_side(c, (uv_tcp_t *)req->handle, false, to_client ? "client" : "backend",
+    if (flush_side(c, stream, false, to_client ? "client" : "backend",
                    to_client ? OUT_CLIENT_ERROR : OUT_BACKEND_ERROR) < 0)
         return;
     if (c->state == CONN_FLUSHING) {

@@ -99,5 +99,8 @@ int main(int argc, char **argv)
         pending = true; /* the same message, retried */
     }
     printf("%lu\n", sent);
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
     return 0;
 }
