@@ -2,8 +2,8 @@
  * test_hardening_memory.py). Python's ssl module can send neither KeyUpdate messages nor a
  * record per byte fast enough, so this does it with OpenSSL directly.
  *
- *   tls_flood keyupdate HOST PORT SECONDS   KeyUpdate(update_requested) after KeyUpdate
- *   tls_flood tiny HOST PORT SECONDS        320 KB, then one TLS record per plaintext byte
+ *   tls_flood keyupdate HOST PORT SECONDS   KeyUpdate(update_requested), paced after SIGUSR1
+ *   tls_flood tiny HOST PORT SECONDS        bulk until SIGUSR1, then a TLS record per byte
  *
  * It never reads after the handshake (its receive buffer is made small), so whatever the server
  * answers piles up on the server's side. Messages are paced (a few every millisecond). Prints
@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,14 @@
 #include <time.h>
 #include <unistd.h>
 #include <openssl/ssl.h>
+
+static volatile sig_atomic_t kernel_full;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    kernel_full = 1;
+}
 
 static double now(void)
 {
@@ -36,7 +45,7 @@ int main(int argc, char **argv)
     }
     bool keyupdate = strcmp(argv[1], "keyupdate") == 0;
     useconds_t pace_us = keyupdate ? 200 : 20;
-    double paced_from = now() + (keyupdate ? 2.0 : 0);
+
     double end = now() + atof(argv[4]);
 
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -64,13 +73,17 @@ int main(int argc, char **argv)
     /* From here a write that blocks gives up after a moment and is retried until the end. */
     struct timeval tv = { 0, 200000 };
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    /* SIGUSR1 says the kernel's buffers on the server's side are full (the test watches them):
+     * from there on what the server reads, or answers, stays with the server. */
+    signal(SIGUSR1, on_usr1);
     if (!keyupdate) {
-        /* Bulk first, to fill the kernel's buffers towards a backend that reads nothing (about
-         * 200 KB here) without reaching the proxy's own high-water mark beyond them. */
-        static char bulk[16384];
-        for (int i = 0; i < 20; i++)
+        /* Bulk first, slowly, towards a backend that reads nothing. */
+        static char bulk[8192];
+        while (!kernel_full && now() < end) {
             if (SSL_write(ssl, bulk, sizeof bulk) <= 0)
                 return 1;
+            usleep(40000);
+        }
     }
     unsigned long sent = 0;
     bool pending = false;
@@ -87,9 +100,9 @@ int main(int argc, char **argv)
             sent++;
             pending = false;
             /* Paced, so that the server reads each message on its own: that is when a queue of
-             * buffers, one per read, costs the most. KeyUpdate answers go as fast as they can
-             * at first, to fill the kernel's buffers towards us. */
-            if (now() > paced_from)
+             * buffers, one per read, costs the most. KeyUpdates go as fast as they can until
+             * SIGUSR1, to fill the kernel's buffers towards us with their answers. */
+            if (kernel_full)
                 usleep(pace_us);
             continue;
         }
