@@ -671,7 +671,8 @@ static void on_timer(uv_timer_t *t)
     /* Writes that move count as activity: a client downloading slowly is not idle. */
     if (flow_writes_progressed(c))
         c->last_active_ms = conn_now_ms(c);
-    uint64_t limit = c->state == CONN_FLUSHING ? flush_limit_ms(c) : c->listener->conf->idle_timeout_ms;
+    uint64_t limit = c->state == CONN_FLUSHING ? flush_limit_ms(c)
+                                               : c->listener->conf->idle_timeout_ms;
     uint64_t quiet = conn_now_ms(c) - c->last_active_ms;
     if (quiet >= limit) {
         if (c->state != CONN_FLUSHING) {

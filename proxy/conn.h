@@ -3,8 +3,9 @@
  *
  * The pieces of a connection's life live in their own files (tls.c: the SSL object and its BIO;
  * upstream.c: backend connect with failover and the PROXY header; relay.c: bytes both ways;
- * flow.c: what a connection may queue, and when each side is read; starttls.c: the plaintext phase of STARTTLS listeners; proxyin.c: the PROXY
- * header from a load balancer). They share this struct; nothing outside proxy/ sees it.
+ * flow.c: what a connection may queue, and when each side is read; starttls.c: the plaintext
+ * phase of STARTTLS listeners; proxyin.c: the PROXY header from a load balancer). They share
+ * this struct; nothing outside proxy/ sees it.
  *
  * Ownership: a conn is created by conn_accept() and freed by the close callback of its last
  * handle after conn_close(). Buffers it holds (cin, bin, cout) are returned in conn_close(). */
@@ -161,10 +162,10 @@ void proxyin_begin(struct conn *c);               /* proxyin.c: check the source
 void proxyin_client_input(struct conn *c);        /* proxyin.c */
 
 /* flow.c: what one connection may hold in memory, and when each side is read. */
-void flow_hold(struct conn *c);                   /* a queue grew: stop reading what feeds a full one */
-bool flow_release(struct conn *c);                /* a write completed: true when the client was released */
-bool flow_writes_progressed(struct conn *c);      /* bytes left a queue since the last call */
-bool flow_client_gone(struct conn *c);            /* the client reset while we were not reading it */
+void flow_hold(struct conn *c);              /* a queue grew: stop reading what feeds a full one */
+bool flow_release(struct conn *c);           /* a write completed: true when the client is free */
+bool flow_writes_progressed(struct conn *c); /* the peers acknowledged bytes since the last call */
+bool flow_client_gone(struct conn *c);       /* the client reset while we were not reading it */
 
 /* The text a client gets when no backend answers, in the protocol's own words. */
 const char *conn_unavailable_reply(const struct conn *c);

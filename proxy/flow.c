@@ -36,7 +36,8 @@ static struct level level_of(struct conn *c, bool client)
 {
     uv_stream_t *s = client ? (uv_stream_t *)&c->client : (uv_stream_t *)&c->backend;
     struct buf *tail = client ? c->cout : c->bout;
-    struct level l = { uv_stream_get_write_queue_size(s), client ? c->client_bufs : c->backend_bufs };
+    struct level l = { uv_stream_get_write_queue_size(s),
+                       client ? c->client_bufs : c->backend_bufs };
     if (tail) {
         l.bytes += buf_unread(tail);
         l.bufs++;
