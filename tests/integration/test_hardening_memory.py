@@ -299,7 +299,7 @@ listeners = ( {listener} );
             self.skipTest("ss (iproute2) is needed to see the kernel's send queue")
         last, deadline = -1, time.monotonic() + 10 * SLOW
         while time.monotonic() < deadline:
-            out = subprocess.run(["ss", "-tniH", f"( {end} = :{port} {more})"],
+            out = subprocess.run(["ss", "-tniH", f"( {end} = :{port} {more} )"],
                                  capture_output=True, text=True).stdout
             m = re.search(r"notsent:(\d+)", out)
             now = int(m.group(1)) if m else 0
