@@ -85,9 +85,13 @@ bool flow_release(struct conn *c)
     return was_held && !c->client_held;
 }
 
-/* Bytes of S the peer has acknowledged: handed to libuv, minus what waits in libuv's queue and
- * in the kernel's send queue. Measured at the peer, not at our queue: the kernel takes more from
- * a full queue only once half its buffer is free, which a slow reader may take minutes to do. */
+/* Whether S's peer acknowledged bytes since the last look and still has bytes to take: a slow
+ * reader at work. Acknowledged is handed to libuv, minus what waits in libuv's queue and in the
+ * kernel's send queue: measured at the peer, not at our queue, because the kernel takes more from
+ * a full queue only once half its buffer is free, which a slow reader may take minutes to do.
+ * Bytes all taken by now are not counted: their write completed (on_write noted it) or they
+ * followed a read that was activity already, so a quiet session's last answer does not push its
+ * idle timeout back. */
 static bool progressed(uint64_t sent, uv_stream_t *s, uint64_t *seen)
 {
     uv_os_fd_t fd;
@@ -98,7 +102,7 @@ static bool progressed(uint64_t sent, uv_stream_t *s, uint64_t *seen)
     if (delivered == *seen)
         return false;
     *seen = delivered;
-    return true;
+    return delivered < sent;
 }
 
 bool flow_writes_progressed(struct conn *c)
