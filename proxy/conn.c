@@ -703,7 +703,7 @@ void conn_start_session(struct conn *c)
     const struct conf_listener *l = c->listener->conf;
     /* Counted only now: behind a load balancer the client's address comes from the PROXY
      * header. */
-    if (!c->limited) {
+    if (!c->limited && !c->proxy_local) {
         int counted = climit_acquire((struct sockaddr *)&c->peer);
         c->climit_held = counted > 0;
         if (counted < 0) {

@@ -93,6 +93,8 @@ struct conn {
 
     bool limited;                      /* over a connection limit: answer "try later", then close */
     bool climit_held;                  /* counted in the per-client limit (released at close) */
+    bool proxy_local;                  /* PROXY LOCAL: the balancer's own connection (its health
+                                        * check), never counted as a client */
 
     struct st_session *st;             /* mail listeners, until the client goes blind */
     struct buf *pin;                   /* TLS up, before login: decrypted client bytes, a partial line */

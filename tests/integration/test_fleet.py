@@ -22,6 +22,8 @@ it hides no failure of mailsnid's by trying another server.
 MAILSNID_FLEET_GRACE=0 runs the drain without a grace: the negative control, which fails
 connections (TLS EOF in the handshake) as issue 12 measured before drain_grace existed.
 
+MAILSNID_FLEET_KEEP=1 keeps the files (configs, every log) in /tmp/mailsnid-fleet-*.
+
 Skipped with a visible line when network namespaces are unavailable (not root, a container
 that forbids them, no HAProxy); `make fleet` sets MAILSNID_FLEET_REQUIRED=1 to fail instead.
 """
@@ -214,6 +216,16 @@ backend {name}
   option httpchk GET /healthz
   default-server send-proxy-v2 check port {ADMIN} inter {CHECK_INTER_MS}ms fall 2 rise 2
 {lines}"""
+        # Another way to check: IMAP itself, end to end, on the mail port. HAProxy then sends
+        # a PROXY v2 LOCAL header (the balancer speaking for itself) before its TLS handshake.
+        lines = "".join(f"  server {s} {addr}:{IMAPS}\n" for s, addr in servers)
+        backends += f"""
+backend imaps_l7
+  option tcp-check
+  tcp-check connect send-proxy ssl sni {SNI}
+  tcp-check expect string "* OK"
+  default-server send-proxy-v2 check inter 1s verify none
+{lines}"""
         with open(self.cfg, "w") as f:
             f.write(f"""global
   nbthread 1
@@ -239,7 +251,11 @@ defaults
             self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.cfg], stdout=self._out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
-        wait_until("HAProxy's stats socket", lambda: os.path.exists(self.sock), 10)
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited with {self.proc.returncode}:\n{self.log()}")
+            return os.path.exists(self.sock)
+        wait_until("HAProxy's stats socket", ready, 10)
         wait_until("HAProxy to see every server UP",
                    lambda: all(r["status"] == "UP" for r in self.servers()), 10)
         return self
@@ -399,7 +415,8 @@ class Fleet(unittest.TestCase):
         FLEET = cls
         t0 = time.monotonic()
         cls.tmp = shared_tempdir("mailsnid-fleet-")
-        cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
+        if not os.environ.get("MAILSNID_FLEET_KEEP"):
+            cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
         PKI.update(certs.standard_pki(os.path.join(cls.tmp, "pki")))
         CTX = ssl.create_default_context(cafile=PKI["ca"])
 
@@ -612,10 +629,28 @@ class Fleet(unittest.TestCase):
                 self.assertEqual(row["status"], "UP")
                 self.assertEqual(row["chkfail"], checks_before[s])
                 self.assertEqual(self.instances[s].health(), 200)
+            # HAProxy's IMAP checks of the mail port (backend imaps_l7) arrive from the
+            # balancer's own address with a PROXY LOCAL header, and pass; however many such
+            # connections are open at once, none counts as a client (hold one more than the
+            # limit).
+            wait_until("a mail-port check in a's log",
+                       lambda: re.search(r"conn listener=imaps client=198\.18\.2\.1:\d+ "
+                                         r"sni=mail\.alpha\.test .* down=[1-9]",
+                                         self.a.proc.log()), 5)
+            self.assertEqual(self.haproxy.server("imaps_l7", "a")["status"], "UP")
+            local = []
+            for _ in range(PER_CLIENT + 1):
+                with self.lb.entered():
+                    raw = socket.create_connection((self.a.addr, IMAPS), timeout=15 * SLOW)
+                raw.sendall(b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00")  # v2 LOCAL
+                local.append(CTX.wrap_socket(raw, server_hostname=SNI))
+            for s in local:
+                self.assertTrue(s.recv(100).startswith(b"* OK"))
+                s.close()
             # The refusals name the client, never the balancer.
             for inst in self.instances.values():
-                log = inst.proc.log()
-                self.assertNotRegex(log, r"client=198\.18\.[23]\.1:\d+ .*outcome=limit")
+                self.assertNotRegex(inst.proc.log(), r"client=198\.18\.[23]\.1:\d+ .*"
+                                                     r"max_connections_per_client")
         finally:
             for c in held:
                 c.close()
