@@ -217,7 +217,8 @@ backend {name}
   default-server send-proxy-v2 check port {ADMIN} inter {CHECK_INTER_MS}ms fall 2 rise 2
 {lines}"""
         # Another way to check: IMAP itself, end to end, on the mail port. HAProxy then sends
-        # a PROXY v2 LOCAL header (the balancer speaking for itself) before its TLS handshake.
+        # a PROXY header that names no client (LOCAL: the balancer speaking for itself) before
+        # its TLS handshake.
         lines = "".join(f"  server {s} {addr}:{IMAPS}\n" for s, addr in servers)
         backends += f"""
 backend imaps_l7
