@@ -7,15 +7,16 @@ benchmarking range 198.18.0.0/15 that exist only inside them.
                                                        └─ 198.18.3.2 mailsnid B ─┴─ 198.18.9.1 Dovecot + Postfix (be)
 
 HAProxy 2.6 (Debian's) balances TCP round-robin to A and B with `send-proxy-v2` and checks each
-one's `/healthz` on its admin port (`option httpchk`, every 250 ms, two failures = DOWN). Each
+one's `/healthz` on its admin port (`option httpchk`, every 250 ms, two failures = DOWN); a second
+backend checks IMAP itself on the mail port (a PROXY LOCAL header, then TLS and `* OK`). Each
 mailsnid takes PROXY v2 only from the balancer (`trusted = [ "198.18.x.1/32" ]`), terminates
 TLS, and speaks PROXY v2 to Dovecot's and Postfix's haproxy ports; Dovecot trusts only the two
 instances' addresses (`haproxy_trusted_networks`). Nothing on the client side is a mock.
 
 What it shows, one test each: the client's address reaches Dovecot (`rip=`) and Postfix
 (`client=`) through both hops; a session ticket made by one instance resumes on the other, and
-on both after a key rotation; the health checks never count against the per-client limit, which
-counts real clients; a SIGUSR2 upgrade and a SIGTERM drain of one instance under a client loop
+on both after a key rotation; the health checks (and any LOCAL connection of the balancer's)
+never count against the per-client limit, which counts real clients; a SIGUSR2 upgrade and a SIGTERM drain of one instance under a client loop
 through the balancer fail no connection. HAProxy runs with `retries 0` and no `redispatch`, so
 it hides no failure of mailsnid's by trying another server.
 
@@ -43,7 +44,7 @@ import threading
 import time
 import unittest
 
-from mailsnid_runner import MAILSNID, SLOW, MailsnidProcess
+from mailsnid_runner import SLOW, MailsnidProcess
 from backends import USERS, MailBackends, shared_tempdir
 import certs
 import netns
@@ -703,6 +704,8 @@ class Fleet(unittest.TestCase):
         on_a = [c for c in held if self.haproxy.server_of(c.src) == "a"]
         on_b = [c for c in held if c not in on_a]
         self.assertTrue(on_a, "round-robin put no held session on a")
+        # The IMAP checks of the mail port would be open connections too when accepting stops.
+        self.assertEqual(self.haproxy.command("disable health imaps_l7/a").strip(), "")
         log_mark = len(self.haproxy.log())
         with Loops() as loops:
             time.sleep(1.0)
