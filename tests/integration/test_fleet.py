@@ -577,7 +577,14 @@ class Fleet(unittest.TestCase):
         for inst, (_, reused) in self.on_each_instance(s1).items():
             self.assertTrue(reused, f"ticket from {first} not resumed on {inst}")
 
-        # Rotation, step 1: a new key first (it encrypts), the old one kept (it decrypts).
+        # Rotation, step 1: the new key appended everywhere (it only decrypts so far).
+        write_atomically(self.tickets, ticket_line(self.k1) + ticket_line(self.k2))
+        self.reload_both()
+        for inst, (_, reused) in self.on_each_instance(s1).items():
+            self.assertTrue(reused, f"ticket not resumed on {inst} once a key was added")
+        s_mid, _, _ = self.tls_session()     # made now: under the old key, still the first
+
+        # Step 2: the new key first (it encrypts), the old one kept (it decrypts).
         write_atomically(self.tickets, ticket_line(self.k2) + ticket_line(self.k1))
         self.reload_both()
         for inst, (_, reused) in self.on_each_instance(s1).items():
@@ -587,12 +594,13 @@ class Fleet(unittest.TestCase):
         for inst, (_, reused) in self.on_each_instance(s2).items():
             self.assertTrue(reused, f"new-key ticket not resumed on {inst}")
 
-        # Step 2: the old key retired on both. Its tickets get a full handshake (so the
+        # Step 3: the old key retired on both. Its tickets get a full handshake (so the
         # reloads really changed the keys); the new key's still resume everywhere.
         write_atomically(self.tickets, ticket_line(self.k2))
         self.reload_both()
-        for inst, (_, reused) in self.on_each_instance(s1).items():
-            self.assertFalse(reused, f"retired key still accepted on {inst}")
+        for old in (s1, s_mid):
+            for inst, (_, reused) in self.on_each_instance(old).items():
+                self.assertFalse(reused, f"retired key still accepted on {inst}")
         for inst, (_, reused) in self.on_each_instance(s2).items():
             self.assertTrue(reused, f"new-key ticket not resumed on {inst} after retiring")
 
