@@ -45,7 +45,7 @@ import time
 import unittest
 
 from mailsnid_runner import SLOW, MailsnidProcess
-from backends import USERS, MailBackends, shared_tempdir
+from backends import USERS, MailBackends, proxy_v2, shared_tempdir
 import certs
 import netns
 
@@ -118,7 +118,7 @@ class FleetBackends(MailBackends):
     """The harness's Dovecot + Postfix, trusting PROXY headers from the mailsnid instances
     only (the harness default is 127.0.0.0/8)."""
 
-    trusted = "127.0.0.0/8"
+    trusted = "198.18.4.2/32 198.18.5.2/32"      # A and B, as Dovecot sees them
 
     def _write_dovecot_config(self) -> None:
         super()._write_dovecot_config()
@@ -437,7 +437,6 @@ class Fleet(unittest.TestCase):
         cls.a_ns.ip("route", "add", f"{BACKEND_HOST}/32", "via", "198.18.4.1")
         cls.b_ns.ip("route", "add", f"{BACKEND_HOST}/32", "via", "198.18.5.1")
 
-        FleetBackends.trusted = "198.18.4.2/32 198.18.5.2/32"
         cls.mb = FleetBackends(os.path.join(cls.tmp, "backends"), BACKEND_BASE,
                                host=BACKEND_HOST, strict=True)
         with cls.be.entered():                  # Dovecot and Postfix start inside `be`
@@ -555,6 +554,23 @@ class Fleet(unittest.TestCase):
         # No hop let anyone else's header in.
         for inst in self.instances.values():
             self.assertEqual(inst.metric("mailsnid_proxy_headers_refused_total"), 0)
+
+    def test_1b_a_header_from_anyone_but_the_balancer_is_refused(self):
+        # From the instance's own host, not the balancer: a forged client address is refused
+        # before a byte reaches Dovecot.
+        pos = self.mb.log_positions()
+        with self.a_ns.entered():
+            raw = socket.create_connection((self.a.addr, IMAPS), timeout=10 * SLOW)
+        with raw:
+            raw.sendall(proxy_v2("203.0.113.9", self.a.addr, 4242, IMAPS))
+            try:
+                got = raw.recv(100)
+            except ConnectionResetError:    # closed with our header unread: a reset
+                got = b""
+            self.assertEqual(got, b"")
+        self.a.proc.wait_log(r"outcome=proxy_header_refused .*source not in trusted")
+        self.assertEqual(self.a.metric("mailsnid_proxy_headers_refused_total"), 1)
+        self.assertNotIn("203.0.113.9", self.mb.dovecot_log(pos["dovecot"]))
 
     def test_2_tickets_resume_across_instances_and_across_a_key_rotation(self):
         for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
