@@ -33,9 +33,11 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+TOOL_SRC := $(wildcard tests/tools/*.c)
+TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
 .PHONY: all deps test unit integration clean fuzz soak bench
-all: $(BUILD)/mailsnid $(BENCH_BIN)
+all: $(BUILD)/mailsnid $(BENCH_BIN) $(TOOL_BIN)
 
 deps:
 	@scripts/deps.sh test
@@ -62,6 +64,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ) tests/unit/check.h
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(PKG_LIBS) $(LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(PKG_LIBS) $(LDLIBS)
+
+# Hostile clients the integration tests drive (tests/tools/).
+$(BUILD)/tools/%: tests/tools/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(PKG_LIBS) $(LDLIBS)
 
@@ -94,7 +101,7 @@ SAN_ENV := ASAN_OPTIONS=fast_unwind_on_malloc=0:detect_leaks=1 \
 # server defaults, headers); `make audit` runs the full one (tests/audit/SUMMARY.md).
 MAILSNID_AUDIT ?= quick
 
-integration: $(BUILD)/mailsnid $(BENCH_BIN)
+integration: $(BUILD)/mailsnid $(BENCH_BIN) $(TOOL_BIN)
 	$(if $(filter 1,$(SANITIZE)),$(SAN_ENV)) MAILSNID_AUDIT=$(MAILSNID_AUDIT) MAILSNID=$(abspath $(BUILD)/mailsnid) BENCHBIN=$(abspath $(BUILD)/bench) SANITIZE=$(SANITIZE) \
 	  python3 -m unittest discover -s tests/integration -p 'test_*.py' -v
 

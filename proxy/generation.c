@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "proxy/listener.h"
+#include "proxy/log.h"
 #include "proxy/routes.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
@@ -115,7 +116,7 @@ static struct listen_slot *slot_bind(const struct conf *conf, const struct conf_
 {
     int rc = 0, inherited[UPGRADE_MAX_FDS];
     unsigned n_inherited = upgrade_take_fds(&l->listen.ss, inherited, UPGRADE_MAX_FDS);
-    struct listen_slot *s = slot_new(&l->listen, n_inherited ? n_inherited : n_workers);
+    struct listen_slot *s = slot_new(&l->listen, n_inherited > n_workers ? n_inherited : n_workers);
     if (!s) {
         for (unsigned i = 0; i < n_inherited; i++)
             close(inherited[i]);
@@ -123,8 +124,18 @@ static struct listen_slot *slot_bind(const struct conf *conf, const struct conf_
         return NULL;
     }
     if (n_inherited) {
-        /* The old process's sockets, accept queues and all: nothing queued is lost. */
+        /* The old process's sockets, accept queues and all: nothing queued is lost. More
+         * workers than the old process had get sockets of their own in the same group. */
         memcpy(s->fds, inherited, n_inherited * sizeof *inherited);
+        for (unsigned w = n_inherited; w < n_workers; w++) {
+            int fd = listener_bind(l);
+            if (fd < 0) {
+                log_warning("%s:%d: listener %s: worker %u gets no socket of its own on %s: %s",
+                            conf->path, l->line, l->name, w, l->listen.text, strerror(-fd));
+                break;
+            }
+            s->fds[w] = fd;
+        }
         return s;
     }
     if (listener_check_free(l) == -EADDRINUSE) {

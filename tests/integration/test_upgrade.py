@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 import unittest
@@ -149,6 +150,38 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
         self.assertEqual(Session(self.port, self.ctx).greeting, b"A\r\n")
         self.assertEqual(self.health(), 200)
         old.stop()
+
+    def test_sigterm_during_an_upgrade_stops_the_new_process_too(self):
+        routes = ",\n".join(f'{{ names = [ "mail.d{i}.test" ]; imap = "{self.backend.addr}"; }}'
+                            for i in range(100000))
+        old = self.start(self.config(f"routes = (\n{routes}\n);"))
+        old.signal(signal.SIGUSR2)
+        line = old.wait_log(r"upgrade: started ")[0]
+        child = int(re.search(r"\(pid (\d+)\)", line).group(1))
+        old.signal(signal.SIGTERM)
+        old.wait_log(rf"upgrade abandoned \(the process is stopping\): stopping the new process \(pid {child}\)")
+        old.proc.wait(timeout=15 * SLOW)
+        self.assertEqual(old.stop(), 0)
+        deadline = time.monotonic() + 15 * SLOW
+        while alive(child):
+            self.assertLess(time.monotonic(), deadline, "the new process outlived the old one")
+            time.sleep(0.05)
+        self.assertNotIn("upgrade: the new process", old.log())
+
+    def test_more_workers_after_an_upgrade_get_sockets(self):
+        old = self.start(self.config())
+        with open(old.config, "w") as f:
+            f.write(self.config().replace("workers = 2;", "workers = 4;"))
+        old.signal(signal.SIGUSR2)
+        line = old.wait_log(r"upgrade: the new process \(pid \d+\) accepts")[0]
+        new_pid = int(re.search(r"pid (\d+)", line).group(1))
+        self.assertNotIn("gets no socket of its own", old.log())
+        ss = subprocess.run(["ss", "-Hltnp", f"sport = :{self.port}"], capture_output=True,
+                            text=True).stdout
+        self.assertEqual(ss.count(f"pid={new_pid},"), 4, ss)
+        self.assertEqual(Session(self.port, self.ctx).greeting, b"A\r\n")
+        old.proc.wait(timeout=15 * SLOW)
+        self.assertEqual(old.stop(), 0)
 
     def test_a_second_sigusr2_while_one_runs_is_refused(self):
         # 100,000 routes keep the new process busy reading its config for a while.
