@@ -282,6 +282,4 @@ void starttls_after_tls_client_input(struct conn *c, struct buf *b)
         return;
     }
     buf_put(b);
-    if (c->state == CONN_RELAY && relay_backend_congested(c))
-        conn_client_read_stop(c);
 }

@@ -228,8 +228,10 @@ listeners = ( {listener} );
 
     # ---- item 9 ----
     def test_one_byte_records_to_a_paused_backend_are_bounded(self):
+        # HTTP: the relay itself, from the first byte. (An IMAP listener reads the client's
+        # lines until login, and this client sends no lines.)
         backend = self.backend(greets_then_silent)
-        port, proc = self.listen("imaps", "imap", "implicit", backend)
+        port, proc = self.listen("https", "http", "implicit", backend)
         base = proc.rss_kb()
         flood = self.flood("tiny", port, 10 * SLOW)
         # Bulk first, until the kernel holds all it will towards the backend; then the records.
@@ -242,7 +244,7 @@ listeners = ( {listener} );
         self.assertRssBound(growth, RSS_BOUND_KB, f"{out.strip()} records")
         # The flooder has left (with unread bytes: a reset) while mailsnid was not reading it;
         # the idle timeout (30 min for IMAP) is not what ends the connection.
-        line = proc.wait_log(r"conn listener=imaps .*sni=mail.alpha.test.*outcome=client_error", timeout=15)[-1]
+        line = proc.wait_log(r"conn listener=https .*sni=mail.alpha.test.*outcome=client_error", timeout=15)[-1]
         self.assertIn("reset", line)
 
     # ---- item 10 ----
