@@ -132,7 +132,7 @@ int http_respond(struct http_out *out, unsigned status, const char *type, const 
                     headers ? headers : "");
     if (!head && body_len)
         http_out_add(out, body, body_len);
-    return out->oom ? -ENOMEM : 0;
+    return out->oom ? -ENOMEM : (int)status;
 }
 
 int http_respond_error(struct http_out *out, unsigned status, const char *allow, bool head,
@@ -151,8 +151,8 @@ int http_respond_redirect(struct http_out *out, const char *host, const char *ta
 {
     struct http_out loc = { 0 };
     http_out_printf(&loc, "Location: https://%s%s\r\n", host, target);
-    int rc = loc.oom ? -ENOMEM : 0;
-    if (rc == 0) {
+    int rc = -ENOMEM;
+    if (!loc.oom) {
         /* The body is for the rare client that does not follow; the target is printable
          * ASCII without spaces (http_parse.c), so it is safe in a header as it is. */
         static const char body[] = "Moved to https.\r\n";

@@ -30,7 +30,7 @@ void http_out_free(struct http_out *o);
 
 /* A whole response into OUT: status line, Date (from NOW), Content-Type and Cache-Control when
  * given, Content-Length, HEADERS (each ending in CRLF; may be NULL), Connection: close, then
- * BODY unless the request was HEAD. Returns 0 or -ENOMEM. */
+ * BODY unless the request was HEAD. Each of these returns STATUS (the one it wrote), or -ENOMEM. */
 int http_respond(struct http_out *out, unsigned status, const char *type, const char *cache,
                  const char *headers, const char *body, size_t body_len, bool head, time_t now);
 /* A short text/plain answer for an error status (400, 404, 405 with ALLOW, 414, ...). */

@@ -38,7 +38,7 @@ enum http_site http_setup_site(const struct http_setup *s, const char *host, con
 long http_setup_body_wanted(const struct http_request *req);
 /* The answer to REQ for SITE of DOMAIN, with BODY (http_setup_body_wanted bytes, NULL when -1)
  * into OUT. TLS says whether the request came over TLS (the MTA-STS policy is served only
- * there; plain HTTP is sent to https://). Returns 0 or -ENOMEM. */
+ * there; plain HTTP is sent to https://). Returns the response's status, or -ENOMEM. */
 int http_setup_answer(const struct http_setup *s, enum http_site site, const char *domain,
                       const struct http_request *req, const char *body, bool tls, time_t now,
                       struct http_out *out);

@@ -108,8 +108,8 @@ static unsigned answer(const struct http_setup *s, const char *request, const ch
     CHECK(site != HTTP_SITE_NONE);
     if (site == HTTP_SITE_NONE)
         return 0;
-    CHECK(http_setup_answer(s, site, domain, &req, body, tls, 1700000000, &out) == 0);
-    CHECK(parse_resp(&out, &R));
+    int status = http_setup_answer(s, site, domain, &req, body, tls, 1700000000, &out);
+    CHECK(parse_resp(&out, &R) && (unsigned)status == R.status);
     char len[32];
     snprintf(len, sizeof len, "%zu", R.body_len);
     if (req.method != HTTP_HEAD)
@@ -264,12 +264,12 @@ static void test_mta_sts(struct http_setup *s)
 static void test_reply(void)
 {
     struct http_out o = { 0 };
-    CHECK(http_respond_redirect(&o, "webmail.alpha.example", "/a/b?c=d&e", false, 0) == 0);
+    CHECK(http_respond_redirect(&o, "webmail.alpha.example", "/a/b?c=d&e", false, 0) == 301);
     CHECK(parse_resp(&o, &R) && R.status == 301);
     CHECK_STR(header(&R, "Location"), "https://webmail.alpha.example/a/b?c=d&e");
     CHECK_STR(header(&R, "Date"), "Thu, 01 Jan 1970 00:00:00 GMT");
     http_out_free(&o);
-    CHECK(http_respond_error(&o, 431, NULL, true, 0) == 0);
+    CHECK(http_respond_error(&o, 431, NULL, true, 0) == 431);
     CHECK(parse_resp(&o, &R) && R.status == 431 && R.body_len == 0);
     CHECK(strstr(R.head, "431 Request Header Fields Too Large\r\n") != NULL);
     http_out_free(&o);
