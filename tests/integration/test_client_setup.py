@@ -20,7 +20,7 @@ import time
 import unittest
 import xml.etree.ElementTree as ET
 
-from mailsnid_runner import SLOW, MailsnidProcess, free_port
+from mailsnid_runner import MAILSNID, SLOW, MailsnidProcess, free_port
 from greeting_session import reload_and_wait
 import certs
 
@@ -438,6 +438,69 @@ domains = [ {listed} ];
             self.check_autoconfig(body, domain, imap=("imap", 143, "STARTTLS"))
         status, _, body = self.curl("https://mta-sts.alpha.example/.well-known/mta-sts.txt")
         self.assertEqual(body, b"backend GET /.well-known/mta-sts.txt HTTP/1.1")
+
+
+@unittest.skipUnless(os.geteuid() == 0 and all(shutil.which(t) for t in
+                     ("mta-sts-query", "pebble-challtestsrv", "unshare", "ip")),
+                     "needs root, mta-sts-query (postfix-mta-sts-resolver), pebble-challtestsrv")
+class MtaStsQuery(unittest.TestCase):
+    """Debian's postfix-mta-sts-resolver fetches and validates the policy the way a sending MTA
+    does: _mta-sts TXT from DNS (pebble-challtestsrv's mock DNS), then
+    https://mta-sts.D/.well-known/mta-sts.txt on port 443, with certificate verification against
+    the test CA (SSL_CERT_FILE). Ports 53 and 443 are needed, so it all runs in a private network
+    namespace (its own loopback) with /etc/resolv.conf bind-mounted in a private mount namespace:
+    nothing of the host's is taken or changed."""
+
+    def run_query(self, blocks: str) -> str:
+        d = tempfile.mkdtemp(prefix="t-", dir=TMP)
+        cfg = os.path.join(d, "mailsnid.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""workers = 1;
+drain_timeout = 1;
+tls = {{ default_cert = "{PKI['default_cert']}"; default_key = "{PKI['default_key']}"; }};
+certificates = ( {{ cert = "{PKI['cert']}"; key = "{PKI['key']}"; }} );
+listeners = ( {{ name = "https"; listen = "127.0.0.1:443"; protocol = "http"; tls = "implicit";
+  backend = "127.0.0.1:9"; }} );
+domains = [ "alpha.example" ];
+{blocks}
+""")
+        script = f"""set -e
+ip link set lo up
+echo "nameserver 127.0.0.1" > {d}/resolv.conf
+mount --bind {d}/resolv.conf /etc/resolv.conf
+pebble-challtestsrv -dns01 127.0.0.1:53 -http01 "" -https01 "" -tlsalpn01 "" \\
+    -management 127.0.0.1:8055 -defaultIPv6 "" > {d}/dns.log 2>&1 &
+dns=$!
+{MAILSNID} -c {cfg} > {d}/mailsnid.log 2>&1 &
+m=$!
+for i in $(seq 100); do
+  curl -s -o /dev/null http://127.0.0.1:8055/ && curl -sk -o /dev/null https://127.0.0.1:443/ && break
+  sleep 0.1
+done
+curl -s -d '{{"host":"_mta-sts.alpha.example.","value":"v=STSv1; id=20261204T1"}}' \\
+    http://127.0.0.1:8055/set-txt
+SSL_CERT_FILE={PKI['ca']} mta-sts-query alpha.example || true
+kill -TERM $m; wait $m
+kill $dns
+"""
+        out = subprocess.run(["unshare", "-mn", "bash", "-c", script], capture_output=True,
+                             timeout=60 * SLOW)
+        with open(f"{d}/mailsnid.log") as f:
+            self.assertEqual(out.returncode, 0, out.stderr.decode() + f.read())
+        return out.stdout.decode()
+
+    def test_the_policy_validates(self):
+        out = self.run_query('mta_sts = { mode = "enforce"; mx = [ "mail.%d", "*.mx.%d" ]; max_age = 86400; };')
+        self.assertIn("(<STSFetchResult.VALID: 1>, ('20261204T1', {", out)
+        self.assertIn("'mx': ['mail.alpha.example', '*.mx.alpha.example']", out)
+        self.assertIn("'mode': 'enforce'", out)
+        self.assertIn("'max_age': 86400", out)
+
+    def test_without_the_block_there_is_no_policy(self):
+        # The control: the same query when mailsnid does not serve the policy (the backend is
+        # down, so the client gets a 502) must not validate.
+        out = self.run_query("")
+        self.assertIn("STSFetchResult.FETCH_ERROR", out)
 
 
 if __name__ == "__main__":
