@@ -1,9 +1,12 @@
-/* libFuzzer target for the HTTP request-head parser. Beyond "no crash", it checks what the
- * connection relies on: the answer is the same however the bytes are split (whole, cut where the
- * first byte says, byte by byte), the bytes consumed never exceed the input, a finished head
- * has a NUL-terminated host of at most HTTP_HOST_MAX bytes and an origin-form target, and an
- * error carries one of the statuses the parser documents. */
+/* libFuzzer target for what reads a client's HTTP bytes: the request-head parser and the
+ * Autodiscover request scanner. Beyond "no crash", it checks what the connection relies on: the
+ * parser's answer is the same however the bytes are split (whole, cut where the first byte says,
+ * byte by byte), the bytes consumed never exceed the input, a finished head has a NUL-terminated
+ * host of at most HTTP_HOST_MAX bytes and an origin-form target, an error carries one of the
+ * statuses the parser documents; an e-mail address the scanner accepts has one '@' and no
+ * character XML would give a meaning to. */
 #include "proxy/http_parse.h"
+#include "proxy/http_setup.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +67,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size <= 2048) {
         rp = feed(&part, data, size, 1, &up);
         same(&whole, rw, uw, &part, rp, up);
+    }
+    char email[320];
+    if (size <= HTTP_SETUP_BODY_MAX && http_autodiscover_email((const char *)data, size, email,
+                                                               sizeof email) == 0) {
+        const char *at = strchr(email, '@');
+        if (!at || strchr(at + 1, '@') || strpbrk(email, "<>&\"\r\n \t"))
+            abort();
     }
     return 0;
 }
