@@ -4,8 +4,9 @@
  * The pieces of a connection's life live in their own files (tls.c: the SSL object and its BIO;
  * upstream.c: backend connect with failover and the PROXY header; relay.c: bytes both ways;
  * flow.c: what a connection may queue, and when each side is read; starttls.c: the plaintext
- * phase of STARTTLS listeners; proxyin.c: the PROXY header from a load balancer). They share
- * this struct; nothing outside proxy/ sees it.
+ * phase of STARTTLS listeners; proxyin.c: the PROXY header from a load balancer; http_conn.c:
+ * the first request on HTTP listeners, answered or handed over). They share this struct;
+ * nothing outside proxy/ sees it.
  *
  * Ownership: a conn is created by conn_accept() and freed by the close callback of its last
  * handle after conn_close(). Buffers it holds (cin, bin, cout) are returned in conn_close(). */

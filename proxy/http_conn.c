@@ -12,7 +12,6 @@
  * After an answer the connection reads and drops what the client still sends until it closes
  * (or HTTP_LINGER_MS passes): closing with unread bytes would make the kernel reset the
  * connection, and the client could lose the answer (an oversized body, a pipelined request). */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,12 +22,11 @@
 #include "proxy/http_parse.h"
 #include "proxy/http_reply.h"
 #include "proxy/http_setup.h"
-#include "proxy/log.h"
 
 #define HTTP_LINGER_MS 2000
 
-/* Ownership: the connection's (c->http) from http_begin() until the request is answered or
- * handed to the backend; freed with the connection otherwise (http_free). */
+/* Ownership: the connection's (c->http) from http_begin() until the request is handed to the
+ * backend (to_backend), or else until the connection is freed (http_free). */
 struct http_session {
     struct http_parser parser;
     size_t fed;                        /* plaintext bytes given to the parser */
