@@ -317,7 +317,8 @@ static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_set
     conf_read_uint(ctx, root, "hard_stop_after", CONF_MAX_SECONDS, &conf->hard_stop_after_s);
     /* 0 (the default) is today's drain: stop accepting at once. */
     const config_setting_t *grace = config_setting_get_member(root, "drain_grace");
-    if (grace && !(config_setting_type(grace) == CONFIG_TYPE_INT && config_setting_get_int(grace) == 0))
+    if (grace && !((config_setting_type(grace) == CONFIG_TYPE_INT && config_setting_get_int(grace) == 0) ||
+                   (config_setting_type(grace) == CONFIG_TYPE_FLOAT && config_setting_get_float(grace) == 0.0)))
         conf_read_ms(ctx, root, "drain_grace", &conf->drain_grace_ms);
     conf_read_path(ctx, root, "pid_file", &conf->pid_file);
     conf_read_uint(ctx, root, "max_connections", UINT_MAX, &conf->max_connections);

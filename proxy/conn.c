@@ -711,7 +711,7 @@ void conn_start_session(struct conn *c)
     const struct conf_listener *l = c->listener->conf;
     /* Counted only now: behind a load balancer the client's address comes from the PROXY
      * header. */
-    if (!c->limited) {
+    if (!c->limited && !c->proxy_local) {
         int counted = climit_acquire((struct sockaddr *)&c->peer);
         c->climit_held = counted > 0;
         if (counted < 0) {
@@ -793,7 +793,14 @@ void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_ha
         return;
     }
     int len = sizeof c->peer;
-    uv_tcp_getpeername(&c->client, (struct sockaddr *)&c->peer, &len);
+    /* A client reset while queued (a balancer's TCP check) has no address left: that is the
+     * client leaving, not an untrusted PROXY source. */
+    r = uv_tcp_getpeername(&c->client, (struct sockaddr *)&c->peer, &len);
+    if (r < 0) {
+        snprintf(c->error, sizeof c->error, "gone before accept: %s", uv_strerror(r));
+        conn_close(c, OUT_CLIENT_ERROR);
+        return;
+    }
     len = sizeof c->local;
     uv_tcp_getsockname(&c->client, (struct sockaddr *)&c->local, &len);
     uv_tcp_nodelay(&c->client, 1);

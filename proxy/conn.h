@@ -95,6 +95,8 @@ struct conn {
 
     bool limited;                      /* over a connection limit: answer "try later", then close */
     bool climit_held;                  /* counted in the per-client limit (released at close) */
+    bool proxy_local;                  /* PROXY LOCAL: the balancer's own connection (its health
+                                        * check), never counted as a client */
 
     struct http_session *http;         /* CONN_HTTP: its parser (http_conn.c) */
     struct buf *hin;                   /* TLS HTTP listener: the first request, decrypted to decide

@@ -933,6 +933,10 @@ static void test_drain_grace(void)
     CHECK(c && c->drain_grace_ms == 0);
     conf_free(c);
     c = NULL;
+    CHECK(load(TLS_OK L_OK "drain_grace = 0.0;\n", &c, &err) == 0);
+    CHECK(c && c->drain_grace_ms == 0);
+    conf_free(c);
+    c = NULL;
     CHECK(load(TLS_OK L_OK "", &c, &err) == 0);
     CHECK(c && c->drain_grace_ms == 0);
     conf_free(c);
