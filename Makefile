@@ -117,11 +117,12 @@ FUZZ_TIME ?= 60
 FUZZ_CC   := clang-14
 FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -I. -fno-omit-frame-pointer \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_TARGETS := conf sni proxyproto starttls
+FUZZ_TARGETS := conf sni proxyproto starttls http
 FUZZ_SRC_conf := $(wildcard conf/*.c)
 FUZZ_SRC_sni := $(wildcard certstore/*.c)
 FUZZ_SRC_proxyproto := proxy/proxyproto.c
 FUZZ_SRC_starttls := proxy/st_engine.c proxy/st_imap.c proxy/st_pop3.c proxy/st_smtp.c
+FUZZ_SRC_http := proxy/http_parse.c proxy/http_setup.c proxy/http_reply.c
 
 .SECONDEXPANSION:
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*)

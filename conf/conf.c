@@ -298,7 +298,7 @@ static const char *const top_keys[] = {
     "pid_file",
     "max_connections",
     "max_connections_per_client", "tls",
-    "certificates", "cert_dirs", "listeners", "routes", "domains", NULL
+    "certificates", "cert_dirs", "listeners", "routes", "domains", "autoconfig", "mta_sts", NULL
 };
 
 static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root)
@@ -331,6 +331,7 @@ static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_set
     parse_admin(ctx, conf, root);
     parse_routes(ctx, conf, root);
     parse_domains(ctx, conf, root);
+    conf_parse_setup(ctx, conf, root);
     /* Loops are a property of a config that is otherwise whole. */
     if (!ctx->n_msgs && !ctx->oom)
         conf_check_backend_loops(ctx, conf, root);
@@ -454,6 +455,7 @@ void conf_free(struct conf *conf)
     free(conf->listeners);
     conf_routes_free(conf->routes, conf->n_routes);
     free_strv(conf->domains, conf->n_domains);
+    conf_setup_free(conf);
     free_strv(conf->includes, conf->n_includes);
     free(conf->pid_file);
     free(conf);

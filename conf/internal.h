@@ -90,6 +90,10 @@ void conf_parse_listeners(struct conf_ctx *ctx, struct conf *conf, const config_
 void conf_check_backend_loops(struct conf_ctx *ctx, const struct conf *conf,
                               const config_setting_t *root);
 
+/* setup.c: the client-setup blocks "autoconfig" and "mta_sts". */
+void conf_parse_setup(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root);
+void conf_setup_free(struct conf *conf);
+
 /* addr.c */
 int conf_addr_parse(const char *text, struct conf_addr *addr, const char **why);
 int conf_cidr_parse(const char *text, struct conf_cidr *cidr, const char **why);

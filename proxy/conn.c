@@ -88,6 +88,8 @@ static void conn_free(struct conn *c)
     buf_put(c->cout);
     buf_put(c->bout);
     buf_put(c->pin);
+    buf_put(c->hin);
+    http_free(c);
     st_free(c->st);
     atomic_fetch_sub(&c->gen->conns, 1);
     gen_unref(c->gen);
@@ -215,6 +217,9 @@ static void dispatch_client_input(struct conn *c)
         break;
     case CONN_PRE_TLS:
         starttls_client_input(c);
+        break;
+    case CONN_HTTP:
+        http_client_input(c);
         break;
     case CONN_HANDSHAKE:
     case CONN_RELAY:
@@ -653,6 +658,9 @@ static void on_timer(uv_timer_t *t)
     case CONN_HANDSHAKE:
         conn_close(c, OUT_HANDSHAKE_TIMEOUT);
         return;
+    case CONN_HTTP:
+        http_timeout(c);
+        return;
     case CONN_GREETING:
         snprintf(c->error, sizeof c->error, "no greeting from the backend after STARTTLS");
         conn_fail_with_reply(c, OUT_BACKEND_DOWN, conn_unavailable_reply(c));
@@ -725,6 +733,10 @@ void conn_start_session(struct conn *c)
     if (c->limited) {
         log_notice("listener %s: %s", l->name, c->error);
         conn_fail_with_reply(c, OUT_LIMIT, st_busy_reply(l->proto));
+        return;
+    }
+    if (l->tls == CONF_TLS_NONE) {
+        http_begin(c);
         return;
     }
     c->state = CONN_PRE_TLS;

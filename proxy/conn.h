@@ -4,8 +4,9 @@
  * The pieces of a connection's life live in their own files (tls.c: the SSL object and its BIO;
  * upstream.c: backend connect with failover and the PROXY header; relay.c: bytes both ways;
  * flow.c: what a connection may queue, and when each side is read; starttls.c: the plaintext
- * phase of STARTTLS listeners; proxyin.c: the PROXY header from a load balancer). They share
- * this struct; nothing outside proxy/ sees it.
+ * phase of STARTTLS listeners; proxyin.c: the PROXY header from a load balancer; http_conn.c:
+ * the first request on HTTP listeners, answered or handed over). They share this struct;
+ * nothing outside proxy/ sees it.
  *
  * Ownership: a conn is created by conn_accept() and freed by the close callback of its last
  * handle after conn_close(). Buffers it holds (cin, bin, cout) are returned in conn_close(). */
@@ -26,6 +27,7 @@ enum conn_state {
     CONN_PROXY_IN,      /* waiting for the load balancer's PROXY header */
     CONN_PRE_TLS,       /* STARTTLS listener: plaintext dialogue relayed line by line */
     CONN_HANDSHAKE,     /* TLS handshake with the client */
+    CONN_HTTP,          /* HTTP listener: the first request read to decide who answers it */
     CONN_CONNECTING,    /* TLS up; connecting to the backend */
     CONN_GREETING,      /* after STARTTLS: swallowing the fresh backend session's greeting */
     CONN_RELAY,         /* bytes both ways */
@@ -96,6 +98,9 @@ struct conn {
     bool proxy_local;                  /* PROXY LOCAL: the balancer's own connection (its health
                                         * check), never counted as a client */
 
+    struct http_session *http;         /* CONN_HTTP: its parser (http_conn.c) */
+    struct buf *hin;                   /* TLS HTTP listener: the first request, decrypted to decide
+                                          where it goes; relayed first when the backend gets it */
     struct st_session *st;             /* mail listeners, until the client goes blind */
     struct buf *pin;                   /* TLS up, before login: decrypted client bytes, a partial line */
     bool starttls_done;                /* TLS came from STARTTLS (swallow the next greeting) */
@@ -164,6 +169,11 @@ void starttls_backend_input(struct conn *c);      /* starttls.c */
 void starttls_backend_eof(struct conn *c);        /* starttls.c: the backend ended (pre-TLS) */
 void greeting_backend_input(struct conn *c);      /* starttls.c: after STARTTLS, fresh backend */
 void starttls_after_tls_client_input(struct conn *c, struct buf *b); /* starttls.c: decrypted bytes */
+bool http_wanted(struct conn *c);                 /* http_conn.c: read the request first? */
+void http_begin(struct conn *c);                  /* http_conn.c: read the first request */
+void http_client_input(struct conn *c);           /* http_conn.c */
+void http_timeout(struct conn *c);                /* http_conn.c: the timer fired in CONN_HTTP */
+void http_free(struct conn *c);                   /* http_conn.c */
 void proxyin_begin(struct conn *c);               /* proxyin.c: check the source, wait for the header */
 void proxyin_client_input(struct conn *c);        /* proxyin.c */
 

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "proxy/http_setup.h"
 #include "proxy/listener.h"
 #include "proxy/log.h"
 #include "proxy/routes.h"
@@ -48,6 +49,7 @@ static void gen_free(struct generation *g)
     }
     free(g->listeners);
     routes_unref(g->routes);
+    http_setup_free(g->setup);
     conf_free(g->conf);
     free(g);
 }
@@ -67,10 +69,17 @@ struct generation *gen_new(struct conf *conf, struct routes *routes, struct cs_c
     g->conf = conf;
     g->routes = routes;
     g->n_listeners = conf->n_listeners;
+    if (!(g->setup = http_setup_new(conf))) {
+        set_err(err, "out of memory\n");
+        gen_free(g);
+        return NULL;
+    }
     for (size_t i = 0; i < conf->n_listeners; i++) {
         const struct conf_listener *l = &conf->listeners[i];
         const char *why = NULL;
         g->listeners[i].conf = l;
+        if (l->tls == CONF_TLS_NONE)
+            continue; /* plain HTTP: no TLS context */
         g->listeners[i].ssl_ctx = tls_ctx_new(conf, l, certs, &why);
         if (!g->listeners[i].ssl_ctx) {
             set_err(err, "%s:%d: listener %s: %s\n", conf->path, l->line, l->name, why);

@@ -14,6 +14,14 @@ void relay_start(struct conn *c)
     metrics_session_started(c);
     conn_backend_read_start(c);
     conn_client_read_start(c);
+    /* An HTTP request read to decide where it goes (http_conn.c) leaves first, as it came. */
+    if (c->hin) {
+        struct buf *b = c->hin;
+        c->hin = NULL;
+        relay_client_plaintext(c, b);
+        if (c->state != CONN_RELAY)
+            return;
+    }
     /* The client may have sent data along with its last handshake message. */
     if (c->ssl)
         tls_client_input(c);

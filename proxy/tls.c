@@ -193,6 +193,10 @@ static void handshake_step(struct conn *c)
             conn_fail_with_reply(c, OUT_LIMIT, st_busy_reply(c->listener->conf->proto));
             return;
         }
+        if (http_wanted(c)) {
+            http_begin(c);
+            return;
+        }
         c->state = CONN_CONNECTING;
         upstream_connect(c);
         return;
