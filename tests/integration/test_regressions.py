@@ -99,6 +99,30 @@ listeners = ( {listener} );
         self.addCleanup(p.stop)
         return p
 
+    def test_backend_gone_between_commands_before_tls_gets_try_later(self):
+        """A backend that greets and then goes away (a restart) before the client's next
+        command: the client's EHLO meets the protocol's 421, not a bare close (the soak's
+        --strict-unavailable caught this one)."""
+        def greet_then_close(c):
+            c.sendall(b"220 scripted ESMTP\r\n")
+            c.close()
+
+        backend = Backend(ignore, greet_then_close)   # readiness probe, the session
+        self.addCleanup(backend.close)
+        port = free_port()
+        proc = self.start(f'{{ name = "sub"; listen = "127.0.0.1:{port}"; protocol = "smtp"; '
+                          f'tls = "starttls"; starttls = "required"; backend = "{backend.addr}"; }}',
+                          port)
+        with socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW) as raw:
+            f = raw.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"220 "))
+            proc.wait_log(r"conn listener=sub .*outcome=backend_error", timeout=10)
+            try:
+                raw.sendall(b"EHLO client\r\n")
+            except OSError:
+                pass
+            self.assertTrue(f.readline().startswith(b"421 4.3.0"))
+
     def test_teardown_inside_the_starttls_engine(self):
         def fresh(c):
             c.sendall(b"* OK ready\r\n")
