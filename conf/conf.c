@@ -298,7 +298,8 @@ static const char *const top_keys[] = {
     "pid_file",
     "max_connections",
     "max_connections_per_client", "tls",
-    "certificates", "cert_dirs", "listeners", "routes", "domains", "acme", NULL
+    "certificates", "cert_dirs", "listeners", "routes", "domains", "autoconfig", "mta_sts",
+    "acme", NULL
 };
 
 static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root)
@@ -317,7 +318,8 @@ static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_set
     conf_read_uint(ctx, root, "hard_stop_after", CONF_MAX_SECONDS, &conf->hard_stop_after_s);
     /* 0 (the default) is today's drain: stop accepting at once. */
     const config_setting_t *grace = config_setting_get_member(root, "drain_grace");
-    if (grace && !(config_setting_type(grace) == CONFIG_TYPE_INT && config_setting_get_int(grace) == 0))
+    if (grace && !((config_setting_type(grace) == CONFIG_TYPE_INT && config_setting_get_int(grace) == 0) ||
+                   (config_setting_type(grace) == CONFIG_TYPE_FLOAT && config_setting_get_float(grace) == 0.0)))
         conf_read_ms(ctx, root, "drain_grace", &conf->drain_grace_ms);
     conf_read_path(ctx, root, "pid_file", &conf->pid_file);
     conf_read_uint(ctx, root, "max_connections", UINT_MAX, &conf->max_connections);
@@ -330,6 +332,7 @@ static void parse_root(struct conf_ctx *ctx, struct conf *conf, const config_set
     parse_admin(ctx, conf, root);
     parse_routes(ctx, conf, root);
     parse_domains(ctx, conf, root);
+    conf_parse_setup(ctx, conf, root);
     conf_parse_acme(ctx, conf, root);
     /* Loops are a property of a config that is otherwise whole. */
     if (!ctx->n_msgs && !ctx->oom)
@@ -454,6 +457,7 @@ void conf_free(struct conf *conf)
     free(conf->listeners);
     conf_routes_free(conf->routes, conf->n_routes);
     free_strv(conf->domains, conf->n_domains);
+    conf_setup_free(conf);
     conf_acme_free(&conf->acme);
     free_strv(conf->includes, conf->n_includes);
     free(conf->pid_file);

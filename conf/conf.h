@@ -11,12 +11,21 @@
 #include <sys/socket.h>
 
 enum conf_proto { CONF_PROTO_IMAP, CONF_PROTO_POP3, CONF_PROTO_SMTP, CONF_PROTO_HTTP, CONF_PROTO_COUNT };
-enum conf_tls_mode { CONF_TLS_IMPLICIT, CONF_TLS_STARTTLS };
+enum conf_tls_mode { CONF_TLS_IMPLICIT, CONF_TLS_STARTTLS, CONF_TLS_NONE }; /* none: plain HTTP only */
 enum conf_starttls { CONF_STARTTLS_OPTIONAL, CONF_STARTTLS_REQUIRED };
 enum conf_pp { CONF_PP_NONE, CONF_PP_V1, CONF_PP_V2 };
 enum conf_log_target { CONF_LOG_STDERR, CONF_LOG_SYSLOG };
 /* Same order and meaning as syslog priorities, so the logger can pass them straight on. */
 enum conf_log_level { CONF_LOG_ERR = 3, CONF_LOG_WARNING = 4, CONF_LOG_NOTICE = 5, CONF_LOG_INFO = 6, CONF_LOG_DEBUG = 7 };
+
+/* Client setup (autoconfig, Autodiscover): how a mail client reaches one protocol. */
+enum conf_socket { CONF_SOCKET_SSL, CONF_SOCKET_STARTTLS };
+struct conf_setup_server {
+    char *host;                           /* template, "%d" = the domain; NULL = not announced */
+    unsigned port;
+    enum conf_socket socket;
+};
+enum conf_sts_mode { CONF_STS_ENFORCE, CONF_STS_TESTING, CONF_STS_NONE };
 
 /* A parsed "host:port" ("1.2.3.4:993", "[::1]:993", "[::]:995"). */
 struct conf_addr {
@@ -38,7 +47,8 @@ struct conf_listener {
     enum conf_proto proto;
     enum conf_tls_mode tls;
     enum conf_starttls starttls;          /* only meaningful with CONF_TLS_STARTTLS */
-    struct conf_addr *backends;           /* tried in order; at least one */
+    struct conf_addr *backends;           /* tried in order; at least one, except that a plain
+                                             HTTP listener (tls none) may have none */
     size_t n_backends;
     enum conf_pp proxy_protocol;          /* header we send to the backend */
     bool proxy_protocol_in;               /* header we accept from a load balancer */
@@ -125,6 +135,21 @@ struct conf {
     size_t n_routes;
     char **domains;                       /* customer domains: lower-cased, no trailing dot, unique */
     size_t n_domains;
+    /* Client setup for every listed domain, on protocol = "http" listeners. Templates hold "%d"
+     * for the domain ("%%" for a percent sign in display_name); hosts are lower-cased and each
+     * expands to a valid host name for any domain. */
+    bool has_autoconfig;
+    struct {
+        char *display_name;               /* NULL = the domain itself */
+        struct conf_setup_server imap, pop3, smtp; /* smtp and one of imap/pop3 are set */
+    } autoconfig;
+    bool has_mta_sts;
+    struct {
+        enum conf_sts_mode mode;
+        char **mx;                        /* templates, "*." allowed; none only with mode none */
+        size_t n_mx;
+        unsigned max_age;                 /* seconds, at most 31557600 (RFC 8461) */
+    } mta_sts;
     struct conf_acme acme;
     char **includes;                      /* files @included (absolute paths), for the watcher */
     size_t n_includes;

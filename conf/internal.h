@@ -93,6 +93,9 @@ void conf_check_backend_loops(struct conf_ctx *ctx, const struct conf *conf,
 /* acme.c: the acme = { } block; conf_acme_free releases what it holds (not A itself). */
 void conf_parse_acme(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root);
 void conf_acme_free(struct conf_acme *a);
+/* setup.c: the client-setup blocks "autoconfig" and "mta_sts". */
+void conf_parse_setup(struct conf_ctx *ctx, struct conf *conf, const config_setting_t *root);
+void conf_setup_free(struct conf *conf);
 
 /* addr.c */
 int conf_addr_parse(const char *text, struct conf_addr *addr, const char **why);

@@ -109,7 +109,7 @@ static const char *const listener_keys[] = {
     "proxy_protocol_in", "trusted", "handshake_timeout", "connect_timeout", "idle_timeout",
     "max_connections", NULL
 };
-static const char *const tls_mode_names[] = { "implicit", "starttls", NULL };
+static const char *const tls_mode_names[] = { "implicit", "starttls", "none", NULL };
 static const char *const starttls_names[] = { "optional", "required", NULL };
 
 static void parse_listener(struct conf_ctx *ctx, struct conf *conf, size_t i,
@@ -143,6 +143,9 @@ static void parse_listener(struct conf_ctx *ctx, struct conf *conf, size_t i,
     if (tls_rc > 0 && l->tls == CONF_TLS_STARTTLS && have_proto && l->proto == CONF_PROTO_HTTP)
         conf_error(ctx, config_setting_get_member(g, "tls"),
                    "HTTP has no STARTTLS: use tls = \"implicit\"");
+    if (tls_rc > 0 && l->tls == CONF_TLS_NONE && have_proto && l->proto != CONF_PROTO_HTTP)
+        conf_error(ctx, config_setting_get_member(g, "tls"),
+                   "tls = \"none\" is only for protocol = \"http\" (the plain HTTP listener)");
     if (conf_read_enum(ctx, g, "starttls", starttls_names, &e) > 0) {
         l->starttls = (enum conf_starttls)e;
         if (tls_rc >= 0 && l->tls != CONF_TLS_STARTTLS)
@@ -150,7 +153,9 @@ static void parse_listener(struct conf_ctx *ctx, struct conf *conf, size_t i,
                        "only meaningful with tls = \"starttls\"");
     }
 
-    if (conf_read_addrs(ctx, g, "backend", &l->backends, &l->n_backends) == 0)
+    /* A plain HTTP listener without a backend redirects to https:// what it does not answer. */
+    if (conf_read_addrs(ctx, g, "backend", &l->backends, &l->n_backends) == 0 &&
+        !(tls_rc > 0 && l->tls == CONF_TLS_NONE))
         conf_missing(ctx, g, "backend", NULL);
     if (conf_read_enum(ctx, g, "proxy_protocol", conf_pp_names, &e) > 0)
         l->proxy_protocol = (enum conf_pp)e;

@@ -167,6 +167,8 @@ static struct admin *admin_open(struct server *srv, const struct conf *conf)
     int fd = upgrade_take_admin_fd(&conf->admin.ss);
     int r = fd >= 0 ? uv_tcp_open(&adm->listener, fd)
                     : uv_tcp_bind(&adm->listener, (const struct sockaddr *)&conf->admin.ss, 0);
+    if (r < 0 && fd >= 0)
+        close(fd); /* uv_tcp_open failed: the handle did not take it */
     if (r == 0)
         r = uv_listen((uv_stream_t *)&adm->listener, 64, on_connection);
     if (r < 0) {

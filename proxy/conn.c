@@ -13,13 +13,17 @@
 #include "proxy/metrics.h"
 #include "proxy/tls.h"
 
+#define FLUSH_REPLY_MS 5000
+/* While a client is not read, the timer also looks this often whether it has reset. */
+#define PROBE_MS 2000
+
 static const char *const outcome_names[] = {
     [OUT_OK] = "ok", [OUT_HANDSHAKE_FAILED] = "handshake_failed",
     [OUT_HANDSHAKE_TIMEOUT] = "handshake_timeout", [OUT_BACKEND_DOWN] = "backend_down",
     [OUT_IDLE_TIMEOUT] = "idle_timeout", [OUT_CLIENT_ERROR] = "client_error",
     [OUT_BACKEND_ERROR] = "backend_error", [OUT_PROXY_HEADER] = "proxy_header_refused",
     [OUT_PROTOCOL] = "protocol_error", [OUT_LIMIT] = "limit", [OUT_DRAIN] = "drain",
-    [OUT_NOMEM] = "out_of_memory",
+    [OUT_CLIENT_TIMEOUT] = "client_timeout", [OUT_NOMEM] = "out_of_memory",
 };
 
 uint64_t conn_now_ms(const struct conn *c)
@@ -84,6 +88,8 @@ static void conn_free(struct conn *c)
     buf_put(c->cout);
     buf_put(c->bout);
     buf_put(c->pin);
+    buf_put(c->hin);
+    http_free(c);
     st_free(c->st);
     atomic_fetch_sub(&c->gen->conns, 1);
     gen_unref(c->gen);
@@ -185,6 +191,16 @@ static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
     alloc_into(&c->bin, out);
 }
 
+/* How a client that went away (a reset, a failed write) ended. One that left before the session
+ * carried a byte — a certificate monitor: the handshake, then close, often a reset because our
+ * session ticket went unread — has lost nothing: a normal close, not an error of either side. */
+static enum conn_outcome client_gone_outcome(const struct conn *c)
+{
+    bool tls_up = c->ssl && SSL_is_init_finished(c->ssl);
+    return (tls_up || c->client_eof) && c->bytes_up == 0 && c->bytes_down == 0 ?
+               OUT_OK : OUT_CLIENT_ERROR;
+}
+
 static void drop_if_empty(struct buf **slot)
 {
     if (*slot && buf_unread(*slot) == 0) {
@@ -201,6 +217,9 @@ static void dispatch_client_input(struct conn *c)
         break;
     case CONN_PRE_TLS:
         starttls_client_input(c);
+        break;
+    case CONN_HTTP:
+        http_client_input(c);
         break;
     case CONN_HANDSHAKE:
     case CONN_RELAY:
@@ -243,7 +262,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
         dispatch_client_input(c);
     } else if (nread < 0) {
         snprintf(c->error, sizeof c->error, "client read: %s", uv_strerror((int)nread));
-        conn_close(c, OUT_CLIENT_ERROR);
+        conn_close(c, client_gone_outcome(c));
         return;
     }
     if (c->state != CONN_CLOSED)
@@ -257,6 +276,8 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
  * reply instead of a bare close. */
 static bool backend_never_answered(const struct conn *c)
 {
+    if (c->client_done)
+        return false; /* the client left first (a certificate monitor): the backend only followed */
     if (c->state == CONN_GREETING)
         return true;
     return (c->state == CONN_PRE_TLS || c->state == CONN_RELAY) && c->bytes_down == 0;
@@ -323,72 +344,129 @@ static void on_backend_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
         drop_if_empty(&c->bin);
 }
 
+void conn_sync_reading(struct conn *c)
+{
+    bool client = c->client_wanted && !c->client_held && !c->client_eof && c->state != CONN_CLOSED;
+    if (client && !c->client_reading) {
+        if (uv_read_start((uv_stream_t *)&c->client, on_client_alloc, on_client_read) == 0)
+            c->client_reading = true;
+    } else if (!client && c->client_reading) {
+        uv_read_stop((uv_stream_t *)&c->client);
+        c->client_reading = false;
+        /* Unread, the client could reset unseen: the timer looks now and then (on_timer). */
+        if ((c->state == CONN_PRE_TLS || c->state == CONN_RELAY) && !c->connecting &&
+            uv_timer_get_due_in(&c->timer) > PROBE_MS)
+            conn_arm_timer(c, PROBE_MS);
+    }
+    bool backend = c->backend_wanted && !c->backend_held && c->backend_connected &&
+                   !c->backend_done && c->state != CONN_CLOSED;
+    if (backend && !c->backend_reading) {
+        if (uv_read_start((uv_stream_t *)&c->backend, on_backend_alloc, on_backend_read) == 0)
+            c->backend_reading = true;
+    } else if (!backend && c->backend_reading) {
+        uv_read_stop((uv_stream_t *)&c->backend);
+        c->backend_reading = false;
+    }
+}
+
 void conn_client_read_start(struct conn *c)
 {
-    if (c->client_reading || c->client_eof || c->state == CONN_CLOSED)
-        return;
-    if (uv_read_start((uv_stream_t *)&c->client, on_client_alloc, on_client_read) == 0)
-        c->client_reading = true;
+    c->client_wanted = true;
+    conn_sync_reading(c);
 }
 
 void conn_client_read_stop(struct conn *c)
 {
-    if (!c->client_reading)
-        return;
-    uv_read_stop((uv_stream_t *)&c->client);
-    c->client_reading = false;
+    c->client_wanted = false;
+    conn_sync_reading(c);
 }
 
 void conn_backend_read_start(struct conn *c)
 {
-    if (c->backend_reading || !c->backend_connected || c->backend_done || c->state == CONN_CLOSED)
-        return;
-    if (uv_read_start((uv_stream_t *)&c->backend, on_backend_alloc, on_backend_read) == 0)
-        c->backend_reading = true;
+    c->backend_wanted = true;
+    conn_sync_reading(c);
 }
 
 void conn_backend_read_stop(struct conn *c)
 {
-    if (!c->backend_reading)
-        return;
-    uv_read_stop((uv_stream_t *)&c->backend);
-    c->backend_reading = false;
+    c->backend_wanted = false;
+    conn_sync_reading(c);
 }
 
 /* ---- writing ---- */
+
+/* A tail with less room than this is submitted even behind queued writes: gathering more into
+ * it would save little, and OpenSSL's records and append() need the space. */
+#define TAIL_MIN_ROOM 4096
+
+static bool is_client(struct conn *c, uv_stream_t *s)
+{
+    return s == (uv_stream_t *)&c->client;
+}
+
+static struct buf **tail_of(struct conn *c, uv_stream_t *s)
+{
+    return is_client(c, s) ? &c->cout : &c->bout;
+}
+
+size_t conn_client_pending(struct conn *c)
+{
+    return uv_stream_get_write_queue_size((uv_stream_t *)&c->client) +
+           (c->cout ? buf_unread(c->cout) : 0);
+}
+
+static int flush_side(struct conn *c, uv_tcp_t *stream, bool force, const char *side,
+                      enum conn_outcome outcome);
 
 static void on_write(uv_write_t *req, int status)
 {
     struct buf *b = (struct buf *)req;
     struct conn *c = b->owner;
-    bool to_client = req->handle == (uv_stream_t *)&c->client;
+    uv_tcp_t *stream = (uv_tcp_t *)req->handle; /* req is the buffer: read it before it goes */
+    bool to_client = stream == &c->client;
     buf_put(b);
+    if (to_client)
+        c->client_bufs--;
+    else
+        c->backend_bufs--;
     if (c->state == CONN_CLOSED)
         return; /* cancelled by the teardown */
+    if (!to_client && uv_is_closing((uv_handle_t *)&c->backend)) {
+        /* The pre-STARTTLS backend session being closed: its writes do not matter, but a client
+         * held for its full queue may be read again. */
+        flow_release(c);
+        return;
+    }
     if (status < 0) {
         snprintf(c->error, sizeof c->error, "%s write: %s", to_client ? "client" : "backend",
                  uv_strerror(status));
-        conn_close(c, to_client ? OUT_CLIENT_ERROR : OUT_BACKEND_ERROR);
+        conn_close(c, to_client ? client_gone_outcome(c) : OUT_BACKEND_ERROR);
         return;
     }
+    if (to_client)
+        c->last_active_ms = conn_now_ms(c); /* a client that takes what we send is not idle */
+    /* What gathered behind the queue follows it now. */
+    if (flush_side(c, stream, false, to_client ? "client" : "backend",
+                   to_client ? OUT_CLIENT_ERROR : OUT_BACKEND_ERROR) < 0)
+        return;
     if (c->state == CONN_FLUSHING) {
-        if (uv_stream_get_write_queue_size((uv_stream_t *)&c->client) == 0)
+        if (conn_client_pending(c) == 0)
             conn_close(c, c->outcome);
         return;
     }
-    relay_writes_drained(c);
+    /* Ciphertext left in c->cin, or plaintext inside OpenSSL, when reading paused. */
+    if (flow_release(c) && c->state == CONN_RELAY && c->ssl)
+        tls_client_input(c);
 }
 
-/* Tries the write at once (most writes complete there, with no request queued); what the
- * socket does not take goes to libuv's queue with the buffer as the request. */
-int conn_send_buf(struct conn *c, uv_stream_t *s, struct buf *b)
+/* Hands B to libuv: tried at once (most writes complete there, with no request queued); what
+ * the socket does not take goes to libuv's queue with the buffer as the request. */
+static int submit(struct conn *c, uv_stream_t *s, struct buf *b)
 {
-    if (buf_unread(b) == 0) {
-        buf_put(b);
-        return 0;
-    }
+    bool client = is_client(c, s);
+    uint32_t len = buf_unread(b);
     if (uv_stream_get_write_queue_size(s) == 0) {
-        uv_buf_t ub = uv_buf_init(b->data + b->off, buf_unread(b));
+        uv_buf_t ub = uv_buf_init(b->data + b->off, len);
         int n = uv_try_write(s, &ub, 1);
         if (n > 0)
             b->off += (uint32_t)n;
@@ -398,14 +476,67 @@ int conn_send_buf(struct conn *c, uv_stream_t *s, struct buf *b)
         }
         if (buf_unread(b) == 0) {
             buf_put(b);
+            *(client ? &c->client_sent : &c->backend_sent) += len;
             return 0;
         }
     }
     b->owner = c;
     uv_buf_t ub = uv_buf_init(b->data + b->off, buf_unread(b));
     int r = uv_write(&b->req, s, &ub, 1, on_write);
-    if (r < 0)
+    if (r < 0) {
         buf_put(b);
+        return r;
+    }
+    *(client ? &c->client_sent : &c->backend_sent) += len;
+    *(client ? &c->client_bufs : &c->backend_bufs) += 1;
+    return 0;
+}
+
+/* Submits S's tail, unless writes are queued on S and the tail still has room: then it keeps
+ * gathering, and follows the queue from on_write. */
+static int flush_tail(struct conn *c, uv_stream_t *s, bool force)
+{
+    struct buf **tail = tail_of(c, s);
+    struct buf *b = *tail;
+    if (!b)
+        return 0;
+    if (!force && uv_stream_get_write_queue_size(s) > 0 && buf_room(b) >= TAIL_MIN_ROOM)
+        return 0;
+    *tail = NULL;
+    if (buf_unread(b) == 0) {
+        buf_put(b);
+        return 0;
+    }
+    return submit(c, s, b);
+}
+
+int conn_send_buf(struct conn *c, uv_stream_t *s, struct buf *b)
+{
+    if (buf_unread(b) == 0) {
+        buf_put(b);
+        return 0;
+    }
+    struct buf **tail = tail_of(c, s);
+    if (*tail && buf_room(*tail) >= buf_unread(b)) {
+        /* Behind what is already gathered, in order, without a buffer of its own. */
+        memcpy((*tail)->data + (*tail)->len, b->data + b->off, buf_unread(b));
+        (*tail)->len += buf_unread(b);
+        buf_put(b);
+    } else {
+        if (*tail) {
+            struct buf *t = *tail;
+            *tail = NULL;
+            int r = submit(c, s, t);
+            if (r < 0) {
+                buf_put(b);
+                return r;
+            }
+        }
+        *tail = b;
+    }
+    int r = flush_tail(c, s, false);
+    if (r == 0)
+        flow_hold(c);
     return r;
 }
 
@@ -431,30 +562,34 @@ static int append(struct buf **slot, const char *data, size_t len,
     return 0;
 }
 
-/* Submits what is gathered in *SLOT to STREAM; a failure ends the connection with OUTCOME. */
-static int flush_slot(struct conn *c, struct buf **slot, uv_tcp_t *stream, const char *side,
+/* Submits (or leaves gathering) STREAM's tail; a failure ends the connection with OUTCOME. */
+static int flush_side(struct conn *c, uv_tcp_t *stream, bool force, const char *side,
                       enum conn_outcome outcome)
 {
-    struct buf *b = *slot;
-    if (!b)
-        return 0;
-    *slot = NULL;
-    int r = conn_send_buf(c, (uv_stream_t *)stream, b);
+    int r = flush_tail(c, (uv_stream_t *)stream, force);
     if (r < 0) {
         snprintf(c->error, sizeof c->error, "%s write: %s", side, uv_strerror(r));
-        conn_close(c, outcome);
+        conn_close(c, stream == &c->client && outcome == OUT_CLIENT_ERROR ?
+                          client_gone_outcome(c) : outcome);
+        return r;
     }
-    return r;
+    flow_hold(c);
+    return 0;
 }
 
 int conn_flush_client(struct conn *c)
 {
-    return flush_slot(c, &c->cout, &c->client, "client", OUT_CLIENT_ERROR);
+    return flush_side(c, &c->client, false, "client", OUT_CLIENT_ERROR);
 }
 
 int conn_flush_backend(struct conn *c)
 {
-    return flush_slot(c, &c->bout, &c->backend, "backend", OUT_BACKEND_ERROR);
+    return flush_side(c, &c->backend, false, "backend", OUT_BACKEND_ERROR);
+}
+
+int conn_push_backend(struct conn *c)
+{
+    return flush_side(c, &c->backend, true, "backend", OUT_BACKEND_ERROR);
 }
 
 int conn_send_client(struct conn *c, const char *data, size_t len)
@@ -467,6 +602,16 @@ int conn_send_client(struct conn *c, const char *data, size_t len)
 int conn_send_backend(struct conn *c, const char *data, size_t len)
 {
     return append(&c->bout, data, len, conn_flush_backend, c);
+}
+
+/* How long FLUSHING waits for a client that takes nothing. The rest of a session (the backend
+ * said its last word: RETR then QUIT, LOGOUT, an HTTP/1.0 body) is the client's data: it may
+ * take as long as the idle timeout allows, as long as it keeps taking. A reply after a failure
+ * is short and gets a short wait: a client that never reads must not hold the connection. */
+static unsigned flush_limit_ms(const struct conn *c)
+{
+    unsigned idle = c->listener->conf->idle_timeout_ms;
+    return c->outcome == OUT_OK && idle > FLUSH_REPLY_MS ? idle : FLUSH_REPLY_MS;
 }
 
 void conn_fail_with_reply(struct conn *c, enum conn_outcome outcome, const char *reply)
@@ -485,9 +630,9 @@ void conn_fail_with_reply(struct conn *c, enum conn_outcome outcome, const char 
     if (c->state == CONN_CLOSED || conn_flush_client(c) < 0)
         return;
     c->state = CONN_FLUSHING;
-    /* A client that never reads must not hold the connection open. */
-    conn_arm_timer(c, 5000);
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->client) == 0)
+    c->last_active_ms = conn_now_ms(c);
+    conn_arm_timer(c, flush_limit_ms(c));
+    if (conn_client_pending(c) == 0)
         conn_close(c, outcome);
 }
 
@@ -513,25 +658,45 @@ static void on_timer(uv_timer_t *t)
     case CONN_HANDSHAKE:
         conn_close(c, OUT_HANDSHAKE_TIMEOUT);
         return;
+    case CONN_HTTP:
+        http_timeout(c);
+        return;
     case CONN_GREETING:
         snprintf(c->error, sizeof c->error, "no greeting from the backend after STARTTLS");
         conn_fail_with_reply(c, OUT_BACKEND_DOWN, conn_unavailable_reply(c));
         return;
-    case CONN_FLUSHING:
-        conn_close(c, c->outcome);
-        return;
     default:
         break;
     }
-    uint64_t idle = c->listener->conf->idle_timeout_ms;
+    if (flow_client_gone(c)) {
+        snprintf(c->error, sizeof c->error, "client reset the connection");
+        conn_close(c, OUT_CLIENT_ERROR);
+        return;
+    }
+    /* Writes that move count as activity: a client downloading slowly is not idle. */
+    if (flow_writes_progressed(c))
+        c->last_active_ms = conn_now_ms(c);
+    uint64_t limit = c->state == CONN_FLUSHING ? flush_limit_ms(c)
+                                               : c->listener->conf->idle_timeout_ms;
     uint64_t quiet = conn_now_ms(c) - c->last_active_ms;
-    if (quiet >= idle) {
-        conn_close(c, OUT_IDLE_TIMEOUT);
+    if (quiet >= limit) {
+        if (c->state != CONN_FLUSHING) {
+            conn_close(c, OUT_IDLE_TIMEOUT);
+        } else if (c->outcome == OUT_OK) {
+            snprintf(c->error, sizeof c->error, "client stopped reading: %zu bytes not delivered",
+                     conn_client_pending(c));
+            conn_close(c, OUT_CLIENT_TIMEOUT);
+        } else {
+            conn_close(c, c->outcome);
+        }
         return;
     }
     /* Activity does not touch the timer (that would cost a heap update per read); the timer
      * finds out here and sleeps for what is left. */
-    conn_arm_timer(c, (unsigned)(idle - quiet));
+    uint64_t next = limit - quiet;
+    if (!c->client_reading && next > PROBE_MS)
+        next = PROBE_MS;
+    conn_arm_timer(c, (unsigned)next);
 }
 
 void conn_arm_timer(struct conn *c, unsigned ms)
@@ -546,7 +711,7 @@ void conn_start_session(struct conn *c)
     const struct conf_listener *l = c->listener->conf;
     /* Counted only now: behind a load balancer the client's address comes from the PROXY
      * header. */
-    if (!c->limited) {
+    if (!c->limited && !c->proxy_local) {
         int counted = climit_acquire((struct sockaddr *)&c->peer);
         c->climit_held = counted > 0;
         if (counted < 0) {
@@ -568,6 +733,10 @@ void conn_start_session(struct conn *c)
     if (c->limited) {
         log_notice("listener %s: %s", l->name, c->error);
         conn_fail_with_reply(c, OUT_LIMIT, st_busy_reply(l->proto));
+        return;
+    }
+    if (l->tls == CONF_TLS_NONE) {
+        http_begin(c);
         return;
     }
     c->state = CONN_PRE_TLS;
@@ -624,7 +793,14 @@ void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_ha
         return;
     }
     int len = sizeof c->peer;
-    uv_tcp_getpeername(&c->client, (struct sockaddr *)&c->peer, &len);
+    /* A client reset while queued (a balancer's TCP check) has no address left: that is the
+     * client leaving, not an untrusted PROXY source. */
+    r = uv_tcp_getpeername(&c->client, (struct sockaddr *)&c->peer, &len);
+    if (r < 0) {
+        snprintf(c->error, sizeof c->error, "gone before accept: %s", uv_strerror(r));
+        conn_close(c, OUT_CLIENT_ERROR);
+        return;
+    }
     len = sizeof c->local;
     uv_tcp_getsockname(&c->client, (struct sockaddr *)&c->local, &len);
     uv_tcp_nodelay(&c->client, 1);

@@ -2,9 +2,11 @@
  * teardown path every outcome goes through.
  *
  * The pieces of a connection's life live in their own files (tls.c: the SSL object and its BIO;
- * upstream.c: backend connect with failover and the PROXY header; relay.c: bytes both ways with
- * back-pressure; starttls.c: the plaintext phase of STARTTLS listeners; proxyin.c: the PROXY
- * header from a load balancer). They share this struct; nothing outside proxy/ sees it.
+ * upstream.c: backend connect with failover and the PROXY header; relay.c: bytes both ways;
+ * flow.c: what a connection may queue, and when each side is read; starttls.c: the plaintext
+ * phase of STARTTLS listeners; proxyin.c: the PROXY header from a load balancer; http_conn.c:
+ * the first request on HTTP listeners, answered or handed over). They share this struct;
+ * nothing outside proxy/ sees it.
  *
  * Ownership: a conn is created by conn_accept() and freed by the close callback of its last
  * handle after conn_close(). Buffers it holds (cin, bin, cout) are returned in conn_close(). */
@@ -25,6 +27,7 @@ enum conn_state {
     CONN_PROXY_IN,      /* waiting for the load balancer's PROXY header */
     CONN_PRE_TLS,       /* STARTTLS listener: plaintext dialogue relayed line by line */
     CONN_HANDSHAKE,     /* TLS handshake with the client */
+    CONN_HTTP,          /* HTTP listener: the first request read to decide who answers it */
     CONN_CONNECTING,    /* TLS up; connecting to the backend */
     CONN_GREETING,      /* after STARTTLS: swallowing the fresh backend session's greeting */
     CONN_RELAY,         /* bytes both ways */
@@ -36,7 +39,7 @@ enum conn_state {
 enum conn_outcome {
     OUT_OK, OUT_HANDSHAKE_FAILED, OUT_HANDSHAKE_TIMEOUT, OUT_BACKEND_DOWN, OUT_IDLE_TIMEOUT,
     OUT_CLIENT_ERROR, OUT_BACKEND_ERROR, OUT_PROXY_HEADER, OUT_PROTOCOL, OUT_LIMIT,
-    OUT_DRAIN, OUT_NOMEM,
+    OUT_DRAIN, OUT_CLIENT_TIMEOUT, OUT_NOMEM,
 };
 
 struct conn {
@@ -62,11 +65,20 @@ struct conn {
     SSL *ssl;                          /* NULL until the TLS phase */
     struct buf *cin;                   /* bytes read from the client, not yet consumed */
     struct buf *bin;                   /* STARTTLS/greeting phase: backend bytes not yet consumed */
-    struct buf *cout;                  /* bytes for the client (ciphertext once TLS is up), not yet submitted */
-    struct buf *bout;                  /* bytes for the backend (PROXY header, pre-TLS lines), not yet submitted */
+    /* Bytes for the client (ciphertext once TLS is up) and for the backend, not yet submitted:
+     * each stream's tail. While a stream has writes queued, small writes gather here instead of
+     * taking a 66 KB buffer each (conn_send_buf). */
+    struct buf *cout;
+    struct buf *bout;
 
-    /* Flow control and half-close. */
+    /* Flow control (flow.c) and half-close. A side is read while its phase wants it (…_wanted)
+     * and no queue it would feed is full (…_held); …_reading is libuv's actual state. */
+    bool client_wanted, backend_wanted;
+    bool client_held, backend_held;
     bool client_reading, backend_reading;
+    unsigned client_bufs, backend_bufs;   /* buffers owned by write requests, per stream */
+    uint64_t client_sent, backend_sent;   /* bytes ever handed to libuv, per stream */
+    uint64_t client_seen, backend_seen;   /* of those, delivered when the timer last looked */
     bool client_eof;                   /* client's TCP stream ended */
     bool client_done;                  /* the client's end was passed on to the backend */
     bool backend_done;                 /* the backend's end was passed on to the client */
@@ -83,7 +95,12 @@ struct conn {
 
     bool limited;                      /* over a connection limit: answer "try later", then close */
     bool climit_held;                  /* counted in the per-client limit (released at close) */
+    bool proxy_local;                  /* PROXY LOCAL: the balancer's own connection (its health
+                                        * check), never counted as a client */
 
+    struct http_session *http;         /* CONN_HTTP: its parser (http_conn.c) */
+    struct buf *hin;                   /* TLS HTTP listener: the first request, decrypted to decide
+                                          where it goes; relayed first when the backend gets it */
     struct st_session *st;             /* mail listeners, until the client goes blind */
     struct buf *pin;                   /* TLS up, before login: decrypted client bytes, a partial line */
     bool starttls_done;                /* TLS came from STARTTLS (swallow the next greeting) */
@@ -116,11 +133,19 @@ void conn_backend_read_stop(struct conn *c);
 int conn_send_client(struct conn *c, const char *data, size_t len);
 /* Queues LEN bytes for the backend. */
 int conn_send_backend(struct conn *c, const char *data, size_t len);
-/* Hands a whole buffer to a stream's write queue (zero copy); takes ownership. */
+/* Queues a whole buffer for a stream (zero copy when nothing is waiting; copied into the
+ * stream's tail when it is small and writes are queued); takes ownership. */
 int conn_send_buf(struct conn *c, uv_stream_t *stream, struct buf *b);
-/* Submits what is pending in c->cout / c->bout. */
+/* Submits what is pending in c->cout / c->bout, or leaves it gathering behind queued writes
+ * (it follows when they complete). */
 int conn_flush_client(struct conn *c);
 int conn_flush_backend(struct conn *c);
+/* Submits c->bout even behind queued writes: before a shutdown, which must follow every byte. */
+int conn_push_backend(struct conn *c);
+/* Starts or stops reading each side as the phase wants it and the flow control allows. */
+void conn_sync_reading(struct conn *c);
+/* Bytes queued for the client (libuv's queue and the tail): what a close now would lose. */
+size_t conn_client_pending(struct conn *c);
 /* Starts the protocol session once the client is accepted (and its PROXY header read). */
 void conn_start_session(struct conn *c);
 
@@ -138,16 +163,25 @@ void relay_start(struct conn *c);                 /* relay.c */
 void relay_client_plaintext(struct conn *c, struct buf *b);  /* relay.c: client bytes for the backend */
 void relay_client_eof(struct conn *c);            /* relay.c */
 void relay_backend_read(struct conn *c, ssize_t nread, struct buf *b); /* relay.c */
-void relay_writes_drained(struct conn *c);        /* relay.c: a write finished; resume / close */
-bool relay_backend_congested(struct conn *c);     /* relay.c: stop reading the client for now */
 void starttls_begin(struct conn *c);              /* starttls.c: backend connected (pre-TLS) */
 void starttls_client_input(struct conn *c);       /* starttls.c */
 void starttls_backend_input(struct conn *c);      /* starttls.c */
 void starttls_backend_eof(struct conn *c);        /* starttls.c: the backend ended (pre-TLS) */
 void greeting_backend_input(struct conn *c);      /* starttls.c: after STARTTLS, fresh backend */
 void starttls_after_tls_client_input(struct conn *c, struct buf *b); /* starttls.c: decrypted bytes */
+bool http_wanted(struct conn *c);                 /* http_conn.c: read the request first? */
+void http_begin(struct conn *c);                  /* http_conn.c: read the first request */
+void http_client_input(struct conn *c);           /* http_conn.c */
+void http_timeout(struct conn *c);                /* http_conn.c: the timer fired in CONN_HTTP */
+void http_free(struct conn *c);                   /* http_conn.c */
 void proxyin_begin(struct conn *c);               /* proxyin.c: check the source, wait for the header */
 void proxyin_client_input(struct conn *c);        /* proxyin.c */
+
+/* flow.c: what one connection may hold in memory, and when each side is read. */
+void flow_hold(struct conn *c);              /* a queue grew: stop reading what feeds a full one */
+bool flow_release(struct conn *c);           /* a write completed: true when the client is free */
+bool flow_writes_progressed(struct conn *c); /* the peers acknowledged bytes since the last call */
+bool flow_client_gone(struct conn *c);       /* the client reset while we were not reading it */
 
 /* The text a client gets when no backend answers, in the protocol's own words. */
 const char *conn_unavailable_reply(const struct conn *c);

@@ -7,7 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "proxy/http_setup.h"
 #include "proxy/listener.h"
+#include "proxy/log.h"
 #include "proxy/routes.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
@@ -47,6 +49,7 @@ static void gen_free(struct generation *g)
     }
     free(g->listeners);
     routes_unref(g->routes);
+    http_setup_free(g->setup);
     conf_free(g->conf);
     free(g);
 }
@@ -66,10 +69,17 @@ struct generation *gen_new(struct conf *conf, struct routes *routes, struct cs_c
     g->conf = conf;
     g->routes = routes;
     g->n_listeners = conf->n_listeners;
+    if (!(g->setup = http_setup_new(conf))) {
+        set_err(err, "out of memory\n");
+        gen_free(g);
+        return NULL;
+    }
     for (size_t i = 0; i < conf->n_listeners; i++) {
         const struct conf_listener *l = &conf->listeners[i];
         const char *why = NULL;
         g->listeners[i].conf = l;
+        if (l->tls == CONF_TLS_NONE)
+            continue; /* plain HTTP: no TLS context */
         g->listeners[i].ssl_ctx = tls_ctx_new(conf, l, certs, &why);
         if (!g->listeners[i].ssl_ctx) {
             set_err(err, "%s:%d: listener %s: %s\n", conf->path, l->line, l->name, why);
@@ -115,7 +125,7 @@ static struct listen_slot *slot_bind(const struct conf *conf, const struct conf_
 {
     int rc = 0, inherited[UPGRADE_MAX_FDS];
     unsigned n_inherited = upgrade_take_fds(&l->listen.ss, inherited, UPGRADE_MAX_FDS);
-    struct listen_slot *s = slot_new(&l->listen, n_inherited ? n_inherited : n_workers);
+    struct listen_slot *s = slot_new(&l->listen, n_inherited > n_workers ? n_inherited : n_workers);
     if (!s) {
         for (unsigned i = 0; i < n_inherited; i++)
             close(inherited[i]);
@@ -123,8 +133,18 @@ static struct listen_slot *slot_bind(const struct conf *conf, const struct conf_
         return NULL;
     }
     if (n_inherited) {
-        /* The old process's sockets, accept queues and all: nothing queued is lost. */
+        /* The old process's sockets, accept queues and all: nothing queued is lost. More
+         * workers than the old process had get sockets of their own in the same group. */
         memcpy(s->fds, inherited, n_inherited * sizeof *inherited);
+        for (unsigned w = n_inherited; w < n_workers; w++) {
+            int fd = listener_bind(l);
+            if (fd < 0) {
+                log_warning("%s:%d: listener %s: worker %u gets no socket of its own on %s: %s",
+                            conf->path, l->line, l->name, w, l->listen.text, strerror(-fd));
+                break;
+            }
+            s->fds[w] = fd;
+        }
         return s;
     }
     if (listener_check_free(l) == -EADDRINUSE) {

@@ -26,6 +26,7 @@
 
 struct server;
 struct routes;
+struct http_setup;
 
 struct listen_slot {
     struct conf_addr addr;
@@ -54,6 +55,7 @@ struct generation {
     struct listener_rt *listeners;
     size_t n_listeners;
     struct routes *routes;            /* owned (a reference) */
+    struct http_setup *setup;         /* owned: client setup over conf's domains */
     atomic_uint conns;                /* connections open under it, for /metrics */
     struct server *srv;
     struct generation *prev, *next;   /* the server's live generations (srv->gen_lock) */

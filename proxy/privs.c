@@ -19,8 +19,9 @@
 
 #include "proxy/log.h"
 
-/* After the switch, of all root's powers only CAP_NET_BIND_SERVICE stays (permitted and
- * effective): a reload may add a listener on port 443 or 993 while the process runs as `user`.
+/* After the switch, of all root's powers only CAP_NET_BIND_SERVICE stays (permitted, effective,
+ * inheritable and ambient): a reload may add a listener on port 443 or 993 while the process runs
+ * as `user`, and so may the process a SIGUSR2 upgrade starts.
  * It grants nothing else — no file access, no way back to uid 0. glibc has no wrapper for
  * capset and libcap is not worth a dependency for one call. */
 static int keep_bind_service(void)
@@ -30,7 +31,11 @@ static int keep_bind_service(void)
     memset(data, 0, sizeof data);
     data[CAP_TO_INDEX(CAP_NET_BIND_SERVICE)].permitted = CAP_TO_MASK(CAP_NET_BIND_SERVICE);
     data[CAP_TO_INDEX(CAP_NET_BIND_SERVICE)].effective = CAP_TO_MASK(CAP_NET_BIND_SERVICE);
-    return (int)syscall(SYS_capset, &hdr, data);
+    data[CAP_TO_INDEX(CAP_NET_BIND_SERVICE)].inheritable = CAP_TO_MASK(CAP_NET_BIND_SERVICE);
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        return -1;
+    /* Ambient, so that the binary a SIGUSR2 upgrade starts (not as root) keeps it too. */
+    return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0);
 }
 
 int privs_drop(const struct conf *conf)

@@ -48,6 +48,9 @@ void proxyin_client_input(struct conn *c)
         return;
     }
     b->off += (uint32_t)n;
+    /* LOCAL is the balancer speaking for itself (HAProxy's checks of a mail port send it):
+     * the addresses stay the real ones, and the per-client limit is for clients. */
+    c->proxy_local = addrs.local;
     if (!addrs.local) {
         c->peer = addrs.src;
         c->local = addrs.dst;

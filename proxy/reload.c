@@ -14,6 +14,7 @@
 #include "proxy/notify.h"
 #include "proxy/routes.h"
 #include "proxy/tickets.h"
+#include "proxy/upgrade.h"
 #include "proxy/watch.h"
 
 struct reload {
@@ -113,7 +114,12 @@ static void finish(uv_work_t *work, int status)
     struct reload *r = work->data;
     struct server *srv = r->srv;
     r->running = false;
-    if (status == 0 && !r->stopping) {
+    if (status == 0 && !r->stopping && (atomic_load(&srv->unhealthy) || upgrade_pending(srv))) {
+        /* A drain or an upgrade began while this build ran: it is not published. */
+        log_notice("reload (%s) dropped: %s", r->why, atomic_load(&srv->unhealthy)
+                   ? "this process is draining" : "an upgrade is running");
+        r->again = false;
+    } else if (status == 0 && !r->stopping) {
         log_lines(CONF_LOG_WARNING, r->warnings);
         /* New addresses are bound here, before anything changes: a port that is taken fails
          * the reload as a whole. */
@@ -140,7 +146,12 @@ static void finish(uv_work_t *work, int status)
             struct generation *gen = r->gen;
             r->gen = NULL;
             gen->id = srv->gen->id + 1;
+            bool pid_moved = !same_str(srv->conf->pid_file, gen->conf->pid_file);
+            if (pid_moved)
+                upgrade_remove_pid_file(srv->conf->pid_file);
             server_publish(srv, gen);
+            if (pid_moved)
+                upgrade_write_pid_file(srv->conf->pid_file);
             acme_host_configure(srv, gen->conf);
             log_notice("reload (%s): generation %llu: %zu listeners, %zu pairs (+%zu added, %zu "
                        "changed, -%zu removed, %zu skipped), %zu routes, %zu domains in %.3f s",
@@ -184,6 +195,15 @@ void reload_request(struct server *srv, const char *why)
     struct reload *r = srv->reload;
     if (!r || r->stopping)
         return;
+    /* A process on its way out binds nothing new: no worker would serve it. And while a new
+     * binary starts, it reads the config on disk itself; a reload here could bind an address
+     * the new process then finds taken. */
+    if (atomic_load(&srv->unhealthy) || upgrade_pending(srv)) {
+        log_notice("reload (%s) ignored: %s", why,
+                   atomic_load(&srv->unhealthy) ? "this process is draining"
+                                                : "an upgrade is starting the new binary, which reads the config itself");
+        return;
+    }
     if (r->running) {
         r->again = true;
         return;
@@ -196,4 +216,9 @@ void reload_request(struct server *srv, const char *why)
         r->running = false;
         log_err("reload (%s): cannot start", why);
     }
+}
+
+bool reload_running(const struct server *srv)
+{
+    return srv->reload && srv->reload->running;
 }

@@ -10,5 +10,7 @@ int reload_start(struct server *srv);
 void reload_stop(struct server *srv);
 /* Asks for a reload (coalesced when one is already running). WHY is logged. */
 void reload_request(struct server *srv, const char *why);
+/* True while a reload is being built (an upgrade waits for it). */
+bool reload_running(const struct server *srv);
 
 #endif

@@ -140,18 +140,20 @@ static void close_walk(uv_handle_t *h, void *arg)
 
 /* Closes every handle of the worker's loop, its wakeup included: marked gone first, under the
  * lock the control thread holds while sending, so no uv_async_send can hit a closed handle. */
+static void worker_stop_listening(struct worker *w)
+{
+    for (struct worker_listener *wl = w->listeners; wl; wl = wl->next)
+        listener_stop(wl);
+}
+
 static void worker_close_all(struct worker *w)
 {
     uv_mutex_lock(&w->server->wake_lock);
     w->gone = true;
     uv_mutex_unlock(&w->server->wake_lock);
+    /* Listening handles first, through their own close callback (it frees them). */
+    worker_stop_listening(w);
     uv_walk(&w->loop, close_walk, NULL);
-}
-
-static void worker_stop_listening(struct worker *w)
-{
-    for (struct worker_listener *wl = w->listeners; wl; wl = wl->next)
-        listener_stop(wl);
 }
 
 /* Takes the server's current generation if it is newer than the worker's: accepting sockets of
@@ -200,6 +202,10 @@ static void on_drain_idle(uv_idle_t *h)
 static void on_drain_check(uv_check_t *h)
 {
     struct worker *w = h->data;
+    /* The first check follows the poll that delivered the wakeup; the second follows one more
+     * poll, made non-blocking by the idle handle, that saw every socket afresh. */
+    if (w->drain_passes++ == 0)
+        return;
     uv_idle_stop(&w->drain_idle);
     uv_check_stop(&w->drain_check);
     worker_stop_listening(w);
@@ -220,7 +226,7 @@ static void on_worker_wakeup(uv_async_t *a)
     if (atomic_load(&srv->draining) && !w->draining && !w->stopping) {
         /* Connections already in the accept queues were promised service: the idle handle makes
          * the next poll non-blocking, libuv accepts everything pending in it, and the check
-         * handle, which runs right after the poll, closes the sockets. */
+         * handle, which runs after the polls, closes the sockets after one full extra pass. */
         w->draining = true;
         uv_idle_start(&w->drain_idle, on_drain_idle);
         uv_check_start(&w->drain_check, on_drain_check);
@@ -346,6 +352,8 @@ void server_begin_drain(struct server *srv)
         return;
     atomic_store(&srv->unhealthy, true);
     notify_stopping();
+    watch_stop(srv);
+    upgrade_abandon(srv, "the process is stopping");
     unsigned grace = srv->conf->drain_grace_ms;
     if (!grace) {
         stop_accepting(srv);
@@ -359,6 +367,15 @@ void server_begin_drain(struct server *srv)
 static void on_stop_signal(uv_signal_t *s, int signum)
 {
     struct server *srv = s->data;
+    if (srv->retired && !srv->retired_term) {
+        /* Retired after an upgrade, serving its old sessions with no deadline (or
+         * hard_stop_after): a stop gives them drain_timeout, as a drain would. */
+        srv->retired_term = true;
+        log_notice("signal %d: retired after an upgrade; open connections get up to %u s", signum,
+                   srv->conf->drain_timeout_s);
+        uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->conf->drain_timeout_s * 1000, 0);
+        return;
+    }
     if (atomic_load(&srv->unhealthy)) {
         log_notice("signal %d again: exiting now", signum);
         force_stop(srv);
@@ -383,11 +400,13 @@ void server_retire(struct server *srv)
 {
     if (atomic_load(&srv->draining))
         return;
+    srv->retired = true;
     atomic_store(&srv->unhealthy, true);
     atomic_store(&srv->draining, true);
     admin_stop(srv);
     /* The new process orders from now on; it shares the storage, so nothing is lost. */
     acme_host_stop(srv);
+    watch_stop(srv);
     unsigned limit = srv->conf->hard_stop_after_s;
     if (limit)
         uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)limit * 1000, 0);

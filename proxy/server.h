@@ -42,6 +42,7 @@ struct worker {
     struct worker_listener *listeners;
     uv_idle_t drain_idle;             /* drain: one more non-blocking pass over the sockets, */
     uv_check_t drain_check;           /* then stop accepting (so the accept queues are served) */
+    unsigned drain_passes;
     struct conn *conns;               /* every open connection, for drain and forced close */
     unsigned n_conns;
     bool draining, stopping;
@@ -73,7 +74,9 @@ struct server {
     uv_signal_t sig_usr2;
     const char *exe;                   /* the binary's path at start, run again by SIGUSR2 */
     char **argv;                       /* with these arguments */
-    struct upgrade *upgrade;           /* a SIGUSR2 upgrade waiting for its new process */
+    struct upgrade *upgrade;           /* a SIGUSR2 upgrade and its new process (until it exits) */
+    bool retired;                      /* handed over to a new process: serving old sessions */
+    bool retired_term;                 /* ... and a SIGTERM came since */
     struct acme_host *acme;            /* the ACME client (control thread) */
 };
 

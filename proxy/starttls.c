@@ -186,14 +186,17 @@ void starttls_backend_input(struct conn *c)
 void starttls_backend_eof(struct conn *c)
 {
     /* After the client's own QUIT / LOGOUT, or its end of stream, the backend closing is the
-     * session's normal end; otherwise it went away (a restart, a crash) and a client still
-     * waiting for an answer gets the protocol's "try later". */
+     * session's normal end; otherwise it went away (a restart, a crash). Then the client gets
+     * the protocol's "try later" even between commands: an SMTP 421 and an IMAP BYE may come at
+     * any time, and a client about to send its next command (EHLO after the greeting) would
+     * otherwise meet a bare close. A client that half-closed gets it only if it still waits. */
     bool quit = st_client_quit(c->st);
     bool normal = quit || c->client_done;
     if (!normal)
         snprintf(c->error, sizeof c->error, "backend closed the session");
+    bool reply = !quit && (!normal || st_awaiting_response(c->st));
     conn_fail_with_reply(c, normal ? OUT_OK : OUT_BACKEND_ERROR,
-                         st_awaiting_response(c->st) && !quit ? conn_unavailable_reply(c) : NULL);
+                         reply ? conn_unavailable_reply(c) : NULL);
 }
 
 void greeting_backend_input(struct conn *c)
@@ -282,6 +285,4 @@ void starttls_after_tls_client_input(struct conn *c, struct buf *b)
         return;
     }
     buf_put(b);
-    if (c->state == CONN_RELAY && relay_backend_congested(c))
-        conn_client_read_stop(c);
 }

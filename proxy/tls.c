@@ -200,6 +200,10 @@ static void handshake_step(struct conn *c)
             conn_fail_with_reply(c, OUT_LIMIT, st_busy_reply(c->listener->conf->proto));
             return;
         }
+        if (http_wanted(c)) {
+            http_begin(c);
+            return;
+        }
         c->state = CONN_CONNECTING;
         upstream_connect(c);
         return;
@@ -237,14 +241,13 @@ static void handshake_step(struct conn *c)
 
 /* Decrypts what the client sent and hands it to the relay, a buffer of up to 64 KB at a time
  * (several records gathered into one write to the backend), until OpenSSL wants more bytes or
- * the backend has enough queued (then reading pauses and resumes from relay_writes_drained). */
+ * a queue this feeds is full: the backend's, or the client's own, which OpenSSL's answers to
+ * KeyUpdate messages fill (flow.c; reading resumes from on_write). */
 static void decrypt_step(struct conn *c)
 {
     for (;;) {
-        if (relay_backend_congested(c)) {
-            conn_client_read_stop(c);
+        if (c->client_held)
             break;
-        }
         struct buf *b = buf_get();
         if (!b) {
             conn_close(c, OUT_NOMEM);

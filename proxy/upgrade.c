@@ -13,6 +13,7 @@
 #include "proxy/generation.h"
 #include "proxy/log.h"
 #include "proxy/notify.h"
+#include "proxy/reload.h"
 #include "proxy/server.h"
 
 /* Loading 100,000 certificates takes ~12 s on a small machine; a new process silent for this
@@ -27,13 +28,18 @@ extern char **environ;
 
 /* ---- the old process ---- */
 
+/* Lives until its last handle is closed; the process handle stays open until the new process
+ * exits (so that it is reaped) or this process stops. */
 struct upgrade {
     struct server *srv;
     uv_process_t process;
     uv_pipe_t ready;
     uv_timer_t timer;
     unsigned open_handles;
-    bool process_open, ready_seen, finished;
+    bool process_open;
+    bool waiting;                     /* the new process has not said READY (pipe + timer open) */
+    bool ready_seen;                  /* it took over */
+    bool abandoned;                   /* we stopped it: its exit is no news */
     char line[16];
     size_t len;
 };
@@ -41,34 +47,61 @@ struct upgrade {
 static void on_upgrade_handle_closed(uv_handle_t *h)
 {
     struct upgrade *up = h->data;
-    if (--up->open_handles == 0)
-        free(up);
-}
-
-/* The upgrade is over, one way or the other: its handles go (the new process, if it runs, is
- * left alone: it is the one serving now). */
-static void upgrade_finish(struct upgrade *up)
-{
-    if (up->finished)
+    if (--up->open_handles)
         return;
-    up->finished = true;
     if (up->srv->upgrade == up)
         up->srv->upgrade = NULL;
+    free(up);
+}
+
+/* The wait for READY is over, one way or the other. */
+static void stop_waiting(struct upgrade *up)
+{
+    if (!up->waiting)
+        return;
+    up->waiting = false;
     uv_close((uv_handle_t *)&up->ready, on_upgrade_handle_closed);
     uv_close((uv_handle_t *)&up->timer, on_upgrade_handle_closed);
-    if (up->process_open)
-        uv_close((uv_handle_t *)&up->process, on_upgrade_handle_closed);
+}
+
+static void close_process(struct upgrade *up)
+{
+    if (!up->process_open)
+        return;
     up->process_open = false;
+    uv_close((uv_handle_t *)&up->process, on_upgrade_handle_closed);
+}
+
+bool upgrade_pending(const struct server *srv)
+{
+    return srv->upgrade && srv->upgrade->waiting;
+}
+
+void upgrade_abandon(struct server *srv, const char *why)
+{
+    struct upgrade *up = srv->upgrade;
+    if (!up || !up->waiting)
+        return;
+    log_notice("upgrade abandoned (%s): stopping the new process (pid %d)", why, up->process.pid);
+    up->abandoned = true;
+    uv_process_kill(&up->process, SIGTERM);
+    stop_waiting(up);
 }
 
 static void on_exit_cb(uv_process_t *p, int64_t status, int signum)
 {
     struct upgrade *up = p->data;
-    if (up->finished)
-        return;
-    log_err("upgrade failed: the new process (pid %d) exited (status %lld, signal %d) before it "
-            "was ready; this process keeps serving", p->pid, (long long)status, signum);
-    upgrade_finish(up);
+    struct server *srv = up->srv;
+    if (up->ready_seen)
+        log_err("the new process (pid %d) that took over exited (status %lld, signal %d): this "
+                "process no longer accepts; restart the service", p->pid, (long long)status, signum);
+    else if (!up->abandoned)
+        log_err("upgrade failed: the new process (pid %d) exited (status %lld, signal %d) before "
+                "it was ready; this process keeps serving", p->pid, (long long)status, signum);
+    if (!up->ready_seen && srv->conf)
+        upgrade_write_pid_file(srv->conf->pid_file); /* it may have written its own */
+    stop_waiting(up);
+    close_process(up);
 }
 
 static void on_ready_timeout(uv_timer_t *t)
@@ -76,8 +109,9 @@ static void on_ready_timeout(uv_timer_t *t)
     struct upgrade *up = t->data;
     log_err("upgrade failed: the new process (pid %d) was not ready after %d s: stopping it; this "
             "process keeps serving", up->process.pid, UPGRADE_READY_TIMEOUT_MS / 1000);
+    up->abandoned = true;
     uv_process_kill(&up->process, SIGKILL);
-    upgrade_finish(up);
+    stop_waiting(up);
 }
 
 static void on_ready_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -105,11 +139,12 @@ static void on_ready_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     }
     struct server *srv = up->srv;
     int pid = up->process.pid;
+    up->ready_seen = true;
+    stop_waiting(up);
     log_notice("upgrade: the new process (pid %d) accepts; this one stops accepting and serves its "
                "%u open connections until they end%s", pid, atomic_load(&srv->open_total),
                srv->conf->hard_stop_after_s ? " or hard_stop_after" : "");
     notify_mainpid(pid);
-    upgrade_finish(up);
     server_retire(srv);
 }
 
@@ -171,7 +206,7 @@ static void free_child_env(char **env)
 
 void upgrade_begin(struct server *srv)
 {
-    if (srv->upgrade) {
+    if (upgrade_pending(srv)) {
         log_warning("SIGUSR2: an upgrade is already running (new process pid %d): ignored",
                     srv->upgrade->process.pid);
         return;
@@ -180,8 +215,15 @@ void upgrade_begin(struct server *srv)
         log_warning("SIGUSR2 while draining: ignored");
         return;
     }
+    if (reload_running(srv)) {
+        log_warning("SIGUSR2 while a reload runs: ignored; send it again in a moment");
+        return;
+    }
     static int fds[UPGRADE_MAX_FDS];
     size_t n_fds = collect_fds(srv, fds, UPGRADE_MAX_FDS);
+    if (n_fds == UPGRADE_MAX_FDS)
+        log_warning("upgrade: more than %d listening sockets: the new process binds the rest "
+                    "itself", UPGRADE_MAX_FDS);
     int admin_fd = -1;
     if (srv->admin)
         uv_fileno((uv_handle_t *)admin_listener(srv), &admin_fd);
@@ -201,6 +243,7 @@ void upgrade_begin(struct server *srv)
     uv_timer_init(srv->loop, &up->timer);
     up->ready.data = up->timer.data = up->process.data = up;
     up->open_handles = 2;
+    up->waiting = true;
     for (int i = 0; i < 3; i++) {
         stdio[i].flags = UV_INHERIT_FD;
         stdio[i].data.fd = i;
@@ -230,9 +273,7 @@ void upgrade_begin(struct server *srv)
     if (r < 0) {
         log_err("upgrade failed: cannot start %s: %s; this process keeps serving", srv->exe,
                 uv_strerror(r));
-        up->finished = true;
-        uv_close((uv_handle_t *)&up->ready, on_upgrade_handle_closed);
-        uv_close((uv_handle_t *)&up->timer, on_upgrade_handle_closed);
+        stop_waiting(up);
         return;
     }
     up->open_handles++;
@@ -246,8 +287,12 @@ void upgrade_begin(struct server *srv)
 
 void upgrade_stop(struct server *srv)
 {
-    if (srv->upgrade)
-        upgrade_finish(srv->upgrade);
+    struct upgrade *up = srv->upgrade;
+    if (!up)
+        return;
+    upgrade_abandon(srv, "this process exits");
+    /* A new process that took over goes on without us; one we stopped is reaped by init. */
+    close_process(up);
 }
 
 /* ---- the new process ---- */
@@ -277,7 +322,11 @@ static bool adopt_fd(int fd, struct sockaddr_storage *addr)
 {
     struct stat st;
     socklen_t len = sizeof *addr;
+    int type = 0, listening = 0;
+    socklen_t ilen = sizeof type, llen = sizeof listening;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode) ||
+        getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &ilen) < 0 || type != SOCK_STREAM ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &llen) < 0 || !listening ||
         getsockname(fd, (struct sockaddr *)addr, &len) < 0)
         return false;
     fcntl(fd, F_SETFD, FD_CLOEXEC);

@@ -23,8 +23,12 @@ struct server;
 /* The old process, control thread: starts the new one (refused, with a log line, while another
  * upgrade or a drain runs). */
 void upgrade_begin(struct server *srv);
-/* Closes the pipe and handles of an upgrade in progress (shutdown). */
+/* This process stops: a new process not yet ready is stopped too; handles are closed. */
 void upgrade_stop(struct server *srv);
+/* True while a new process is starting (SIGUSR2 sent, READY not yet seen). */
+bool upgrade_pending(const struct server *srv);
+/* Stops a new process that is not ready yet (a drain began), with WHY in the log. */
+void upgrade_abandon(struct server *srv, const char *why);
 
 /* The new process. Reads MAILSNID_INHERIT / MAILSNID_INHERIT_ADMIN / MAILSNID_READY_FD once (at
  * start, before anything is bound) and removes them from the environment. */

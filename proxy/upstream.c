@@ -29,6 +29,9 @@ static void on_backend_closed(uv_handle_t *h)
 
 void upstream_close(struct conn *c)
 {
+    /* What was gathered for this backend session must never reach the next one. */
+    buf_put(c->bout);
+    c->bout = NULL;
     if (c->backend_open && !uv_is_closing((uv_handle_t *)&c->backend))
         uv_close((uv_handle_t *)&c->backend, on_backend_closed);
 }

@@ -117,6 +117,7 @@ static struct watched *collect(const struct conf *conf, size_t *count)
         add_file(&set, conf->includes[i]);
     add_file(&set, conf->tls.default_cert);
     add_file(&set, conf->tls.default_key);
+    add_file(&set, conf->tls.ticket_keys); /* a rotation reloads on every instance by itself */
     for (size_t i = 0; i < conf->n_certs; i++) {
         add_file(&set, conf->certs[i].cert);
         add_file(&set, conf->certs[i].key);

@@ -9,6 +9,8 @@ test_pkgs="$build_pkgs curl python3 swaks libnet-ssleay-perl testssl.sh procps i
 bench_pkgs="$test_pkgs hitch haproxy stunnel4 util-linux"
 fuzz_pkgs="$build_pkgs clang-14 libclang-rt-14-dev llvm-14"
 audit_pkgs="$test_pkgs testssl.sh"
+# A real MTA-STS client (mta-sts-query) and a mock DNS (pebble-challtestsrv) for client setup.
+test_pkgs="$test_pkgs postfix-mta-sts-resolver pebble"
 
 case "${1:-test}" in
   build) want=$build_pkgs ;;

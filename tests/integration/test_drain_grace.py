@@ -124,6 +124,33 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
         proc.proc.wait(timeout=15 * SLOW)
         self.assertEqual(proc.stop(), 0)
 
+    def test_a_reload_during_the_drain_binds_nothing(self):
+        grace = 3.0 * SLOW
+        proc = MailsnidProcess(self.config(f"drain_grace = {grace};"), self.dir).start(
+            [self.port, self.admin])
+        proc.signal(signal.SIGTERM)
+        proc.wait_log(r"draining: /healthz answers 503")
+        extra = free_port()
+        with open(proc.config, "w") as f:
+            f.write(self.config(f"drain_grace = {grace};").replace(
+                " } );", f' }}, {{ name = "late"; listen = "127.0.0.1:{extra}"; protocol = "imap"; '
+                         f'tls = "implicit"; backend = "{self.backend.addr}"; }} );'))
+        proc.signal(signal.SIGHUP)
+        proc.wait_log(r"reload \(SIGHUP\) ignored: this process is draining")
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", extra), timeout=2).close()
+        proc.proc.wait(timeout=grace + 15 * SLOW)
+        self.assertEqual(proc.stop(), 0)
+
+    def test_a_second_sigterm_during_the_grace_exits_cleanly(self):
+        proc = MailsnidProcess(self.config(f"drain_grace = {30 * SLOW};"), self.dir).start(
+            [self.port, self.admin])
+        proc.signal(signal.SIGTERM)
+        proc.wait_log(r"draining: /healthz answers 503")
+        proc.signal(signal.SIGTERM)
+        proc.proc.wait(timeout=15 * SLOW)
+        self.assertEqual(proc.stop(), 0)      # exit 0 and, under SANITIZE=1, no leak report
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -90,6 +90,28 @@ listeners = ( {listeners} );
         for s in held + [other, again, refused]:
             s.close()
 
+    def test_balancer_local_connections_are_not_clients(self):
+        # PROXY v2 LOCAL is a balancer speaking for itself: HAProxy's checks of a mail port
+        # send it (send-proxy-v2 with `check` and no check port). Several of them at once, from
+        # the one balancer address, must never meet the per-client limit.
+        port = free_port()
+        proc = self.start("max_connections_per_client = 1;",
+                          f'{{ name = "imaps"; listen = "127.0.0.1:{port}"; protocol = "imap"; '
+                          f'tls = "implicit"; backend = "{self.backend.addr}"; '
+                          f'proxy_protocol_in = true; trusted = [ "127.0.0.1/32" ]; }}', [port])
+        time.sleep(0.2)
+        local = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"   # v2, LOCAL, AF_UNSPEC, no body
+        ctx = ssl.create_default_context(cafile=PKI["ca"])
+        held = []
+        for _ in range(3):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+            raw.sendall(local)
+            held.append(ctx.wrap_socket(raw, server_hostname="mail.alpha.test"))
+        for s in held:
+            self.assertEqual(s.recv(100), b"220 backend ESMTP\r\n")
+            s.close()
+        self.assertNotIn("max_connections_per_client", proc.log())
+
     def test_listener_cap_on_starttls_answers_in_plaintext(self):
         port = free_port()
         proc = self.start("", f'{{ name = "smtp"; listen = "127.0.0.1:{port}"; protocol = "smtp"; '

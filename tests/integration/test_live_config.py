@@ -10,6 +10,7 @@ generation and the connections still open under each one.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -237,6 +238,23 @@ class LiveConfig(Base):
         write_routes("C")
         proc.wait_log(r"reload \(files changed\): generation 2", timeout=10)
         self.assertEqual(session(p_imaps, sni="mail.alpha.test").greeting, b"C\r\n")
+
+    def test_a_rotated_ticket_key_file_reloads_by_itself(self):
+        p_imaps = free_port()
+        keys = os.path.join(self.dir, "tickets.key")
+
+        def write_keys(*keys_bytes: bytes) -> None:
+            with open(keys + ".new", "w") as f:
+                f.write("".join(base64.b64encode(k).decode() + "\n" for k in keys_bytes))
+            os.replace(keys + ".new", keys)
+
+        write_keys(os.urandom(80))
+        text = self.config([("imaps", p_imaps, "A", "")]).replace(
+            "default_key =", f'ticket_keys = "{keys}"; default_key =')
+        proc = MailsnidProcess(text, self.dir).start([p_imaps, self.admin])
+        self.addCleanup(proc.stop)
+        write_keys(os.urandom(80), os.urandom(80))
+        proc.wait_log(r"reload \(files changed\): generation 2", timeout=10)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,41 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
             s.sendall(b"low")
             self.assertEqual(s.recv(3), b"low")
 
+    def test_the_upgraded_process_keeps_the_low_port_capability(self):
+        pid_file = os.path.join(self.dir, "mailsnid.pid")
+        cfg = self.config("nobody") + f'pid_file = "{pid_file}";\n'
+        os.chmod(self.dir, 0o777)              # nobody (the upgraded process) writes the pid file
+        # The new process starts as nobody: keys group-readable, as the README asks for reloads.
+        nogroup = grp.getgrnam("nogroup").gr_gid
+        for key in (self.pki["default_key"], self.pki["alpha_ec_key"]):
+            os.chown(key, 0, nogroup)
+            os.chmod(key, 0o640)
+        proc = MailsnidProcess(cfg, self.dir).start([self.port])
+        self.addCleanup(proc.stop)
+        proc.wait_log("running as uid")
+        proc.signal(signal.SIGUSR2)
+        line = proc.wait_log(r"upgrade: the new process \(pid \d+\) accepts")[0]
+        new_pid = int(line.split("pid ")[1].split(")")[0])
+        self.addCleanup(lambda: os.kill(new_pid, signal.SIGTERM))
+        with open(f"/proc/{new_pid}/status") as f:
+            caps = dict(l.split(":\t") for l in f.read().splitlines() if l.startswith("Cap"))
+        self.assertEqual(int(caps["CapEff"], 16), 1 << 10, caps)
+        self.assertEqual(int(caps["CapPrm"], 16), 1 << 10, caps)
+        # The new process can bind a low port on its own reload.
+        low = next(p for p in range(990, 600, -1) if port_free(p))
+        own = f'backend = "{self.backend.addr}"; }} );'
+        with open(proc.config, "w") as f:
+            f.write(cfg.replace(own, f'backend = "{self.backend.addr}"; }}, {{ name = "low"; '
+                                     f'listen = "127.0.0.1:{low}"; protocol = "imap"; tls = "implicit"; '
+                                     f'backend = "{self.backend.addr}"; }} );'))
+        os.kill(new_pid, signal.SIGHUP)
+        proc.wait_log(r"reload \(SIGHUP\): generation 2: 2 listeners")
+        ctx = ssl.create_default_context(cafile=self.pki["ca"])
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", low)),
+                             server_hostname="mail.alpha.test") as s:
+            s.sendall(b"low")
+            self.assertEqual(s.recv(3), b"low")
+
     def test_unknown_user_refuses_to_start(self):
         cfg = os.path.join(self.dir, "bad.cfg")
         with open(cfg, "w") as f:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -13,6 +14,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 from mailsnid_runner import SLOW, MailsnidProcess, free_port
 import certs
@@ -96,6 +98,30 @@ listeners = ( {listener} );
         p = MailsnidProcess(cfg, d).start([port])
         self.addCleanup(p.stop)
         return p
+
+    def test_backend_gone_between_commands_before_tls_gets_try_later(self):
+        """A backend that greets and then goes away (a restart) before the client's next
+        command: the client's EHLO meets the protocol's 421, not a bare close (the soak's
+        --strict-unavailable caught this one)."""
+        def greet_then_close(c):
+            c.sendall(b"220 scripted ESMTP\r\n")
+            c.close()
+
+        backend = Backend(ignore, greet_then_close)   # readiness probe, the session
+        self.addCleanup(backend.close)
+        port = free_port()
+        proc = self.start(f'{{ name = "sub"; listen = "127.0.0.1:{port}"; protocol = "smtp"; '
+                          f'tls = "starttls"; starttls = "required"; backend = "{backend.addr}"; }}',
+                          port)
+        with socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW) as raw:
+            f = raw.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"220 "))
+            proc.wait_log(r"conn listener=sub .*outcome=backend_error", timeout=10)
+            try:
+                raw.sendall(b"EHLO client\r\n")
+            except OSError:
+                pass
+            self.assertTrue(f.readline().startswith(b"421 4.3.0"))
 
     def test_teardown_inside_the_starttls_engine(self):
         def fresh(c):
@@ -191,6 +217,36 @@ listeners = ( {listener} );
         self.assertEqual(len(data), 7, data)  # exactly one alert record
         line = proc.wait_log(r"outcome=handshake_failed")[-1]
         self.assertIn("sni=mail.alpha.test", line)
+
+    def test_connection_reset_before_accept_is_no_refused_proxy_header(self):
+        # A balancer's plain TCP check (HAProxy's `check` without a check port) connects and
+        # resets at once. When the reset wins the race with accept(), the peer address is gone:
+        # that was logged as `client=- ... PROXY header refused: source not in trusted` and
+        # counted in mailsnid_proxy_headers_refused_total, an alarm for operators.
+        port, admin = free_port(), free_port()
+        d = tempfile.mkdtemp(prefix="r-", dir=TMP)
+        proc = MailsnidProcess(f"""
+admin = "127.0.0.1:{admin}";
+tls = {{ default_cert = "{PKI['default_cert']}"; default_key = "{PKI['default_key']}"; }};
+listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{port}"; protocol = "imap";
+  tls = "implicit"; backend = "127.0.0.1:1"; proxy_protocol_in = true;
+  trusted = [ "127.0.0.1/32" ]; }} );
+""", d).start([admin])
+        self.addCleanup(proc.stop)
+        # Stopped, mailsnid accepts nothing: the connections complete and are reset in the queue.
+        os.kill(proc.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(5):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+        finally:
+            os.kill(proc.proc.pid, signal.SIGCONT)
+        proc.wait_log(r"conn listener=imaps ", count=5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        self.assertIn("mailsnid_proxy_headers_refused_total 0\n", metrics)
+        self.assertNotIn("PROXY header refused", proc.log())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Real Dovecot and Postfix plus an HTTP backend behind mailsnid, with every kind o
 (IMAPS, IMAP STARTTLS, POP3S, POP3 STLS, SMTPS, submission with STARTTLS required, port-25
 style STARTTLS optional, HTTPS), clients looping over real sessions on random SNI names with
 hostname verification, a reload every second (SIGHUP and certbot renewals the file watcher
-picks up), and the backends stopped and restarted while it runs. Passes when soak.py exits 0:
+picks up, config edits that change routes and backends), a SIGUSR2 binary upgrade every 12 s,
+and the backends stopped and restarted while it runs. Passes when soak.py exits 0:
 no unexpected client failure (the protocols' "unavailable" replies and sessions cut while the
 backends are down are expected and counted apart), every outage probe answered in the
 protocol's words, reloads without failure, open fds back to the warm-up baseline, RSS growth
@@ -34,7 +35,7 @@ DURATION = 30
 class ShortSoak(unittest.TestCase):
     def test_soak_30s(self):
         args = [sys.executable, SOAK, "--duration", str(DURATION), "--workers", "2", "--strict-unavailable",
-                "--clients", "3" if SANITIZE else "6"]
+                "--clients", "3" if SANITIZE else "6", "--upgrade-every", "12"]
         try:
             proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, timeout=DURATION + 120 * SLOW)

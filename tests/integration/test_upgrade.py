@@ -15,6 +15,8 @@ import re
 import shutil
 import signal
 import socket
+import struct
+import subprocess
 import tempfile
 import time
 import unittest
@@ -138,6 +140,38 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
         self.assertEqual(old.stop(), 0)
         self.assertEqual(Session(self.port, self.ctx).greeting, b"A\r\n")
 
+    def test_systemd_hears_the_new_main_pid(self):
+        """What systemd's unit (Type=notify, NotifyAccess=all) is told, and by whom: the new
+        process's READY=1 and the old one's MAINPID= naming it (sender pids from SO_PASSCRED)."""
+        path = os.path.join(self.dir, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.settimeout(20 * SLOW)
+        self.addCleanup(sock.close)
+        os.environ["NOTIFY_SOCKET"] = path
+        try:
+            old = self.start(self.config())
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+
+        def datagram() -> tuple[int, bytes]:
+            """(sender pid, first line of the message)"""
+            msg, anc, _, _ = sock.recvmsg(512, socket.CMSG_SPACE(12))
+            pid = next(struct.unpack("iII", data)[0] for level, kind, data in anc
+                       if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+            return pid, msg.split(b"\n")[0]
+
+        self.assertEqual(datagram(), (old.proc.pid, b"READY=1"))
+        old.signal(signal.SIGUSR2)
+        line = old.wait_log(r"upgrade: the new process \(pid \d+\) accepts")[0]
+        new_pid = int(re.search(r"pid (\d+)", line).group(1))
+        got = [datagram() for _ in range(2)]
+        self.assertIn((old.proc.pid, f"MAINPID={new_pid}".encode()), got)
+        self.assertIn((new_pid, b"READY=1"), got)
+        old.proc.wait(timeout=15 * SLOW)
+        self.assertEqual(old.stop(), 0)
+
     def test_a_new_process_that_cannot_start_leaves_the_old_one_serving(self):
         old = self.start(self.config())
         with open(old.config, "a") as f:
@@ -149,6 +183,38 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
         self.assertEqual(Session(self.port, self.ctx).greeting, b"A\r\n")
         self.assertEqual(self.health(), 200)
         old.stop()
+
+    def test_sigterm_during_an_upgrade_stops_the_new_process_too(self):
+        routes = ",\n".join(f'{{ names = [ "mail.d{i}.test" ]; imap = "{self.backend.addr}"; }}'
+                            for i in range(100000))
+        old = self.start(self.config(f"routes = (\n{routes}\n);"))
+        old.signal(signal.SIGUSR2)
+        line = old.wait_log(r"upgrade: started ")[0]
+        child = int(re.search(r"\(pid (\d+)\)", line).group(1))
+        old.signal(signal.SIGTERM)
+        old.wait_log(rf"upgrade abandoned \(the process is stopping\): stopping the new process \(pid {child}\)")
+        old.proc.wait(timeout=15 * SLOW)
+        self.assertEqual(old.stop(), 0)
+        deadline = time.monotonic() + 15 * SLOW
+        while alive(child):
+            self.assertLess(time.monotonic(), deadline, "the new process outlived the old one")
+            time.sleep(0.05)
+        self.assertNotIn("upgrade: the new process", old.log())
+
+    def test_more_workers_after_an_upgrade_get_sockets(self):
+        old = self.start(self.config())
+        with open(old.config, "w") as f:
+            f.write(self.config().replace("workers = 2;", "workers = 4;"))
+        old.signal(signal.SIGUSR2)
+        line = old.wait_log(r"upgrade: the new process \(pid \d+\) accepts")[0]
+        new_pid = int(re.search(r"pid (\d+)", line).group(1))
+        self.assertNotIn("gets no socket of its own", old.log())
+        ss = subprocess.run(["ss", "-Hltnp", f"sport = :{self.port}"], capture_output=True,
+                            text=True).stdout
+        self.assertEqual(ss.count(f"pid={new_pid},"), 4, ss)
+        self.assertEqual(Session(self.port, self.ctx).greeting, b"A\r\n")
+        old.proc.wait(timeout=15 * SLOW)
+        self.assertEqual(old.stop(), 0)
 
     def test_a_second_sigusr2_while_one_runs_is_refused(self):
         # 100,000 routes keep the new process busy reading its config for a while.

@@ -27,6 +27,9 @@ What runs (Python 3 standard library only, plus the repository's test harness):
     added or removed, a listener's backend list one address or that address twice, an idle
     timeout changed): a new configuration generation each time, while sessions of the old ones
     are still open;
+  * a SIGUSR2 binary upgrade every --upgrade-every seconds (default 60): the new process takes
+    the sockets over, the old one serves its sessions until they end and exits; the soak then
+    follows the new process (pid_file) and checks every old one has gone;
   * every 10-20 s the backends stop (Dovecot, Postfix and the HTTP server, all at once) for
     1-3 s. While they are down a prober checks that every listener answers in its protocol's
     words -- `* BYE [UNAVAILABLE]`, `-ERR [SYS/TEMP]`, `421 4.3.0`, HTTP 502 -- then they are
@@ -359,6 +362,8 @@ class Stats:
         self.sighups = 0
         self.renewals = 0
         self.config_edits = 0
+        self.edits_since_upgrade = 0                    # a new process counts generations anew
+        self.upgrades = 0
         self.restarts = 0
         self.outages: list[list[float]] = []            # [start, end] (end=inf while down)
         self.sent = 0
@@ -416,6 +421,8 @@ class Soak:
         self.active = 0
         self.active_cv = threading.Condition()
         self.control = threading.Lock()                 # restarts vs. measurements
+        self.upgrade_lock = threading.Lock()            # upgrades vs. reloads and measurements
+        self.upgrade_failures: list[str] = []
         self.rss_samples: list[tuple[float, int]] = []
         self.mb: MailBackends | None = None
         self.http: HttpBackend | None = None
@@ -479,6 +486,7 @@ class Soak:
         self.proc = MailsnidProcess(config, os.path.join(self.tmp, "mailsnid"))
         self.proc.start(list(self.ports.values()) + [self.admin_port])
         self.pid = self.proc.proc.pid
+        self.retired: list[int] = []                    # processes an upgrade replaced
         log(f"mailsnid {MAILSNID} pid {self.pid}, workers {a.workers}, {a.clients} clients, "
             f"backends on {self.mb.host}:{self.mb.base_port}+, work dir {self.tmp}")
 
@@ -502,6 +510,7 @@ class Soak:
             listeners[-1] = listeners[-1].replace("connect_timeout = 3;", "connect_timeout = 4;")
         return f"""# written by tests/soak/soak.py
 workers = {a.workers};
+pid_file = "{os.path.join(self.tmp, 'mailsnid', 'mailsnid.pid')}";
 log = {{ level = "info"; target = "stderr"; }};
 admin = "127.0.0.1:{self.admin_port}";
 drain_timeout = 5;
@@ -688,9 +697,15 @@ listeners = (
             if not self.go.is_set():
                 continue
             n += 1
+            with self.upgrade_lock:
+                if not self.reload_once(n, rng):
+                    return
+
+    def reload_once(self, n: int, rng: random.Random) -> bool:
+        if True:
             try:
                 if n % 3 == 1:
-                    self.proc.signal(signal.SIGHUP)
+                    os.kill(self.pid, signal.SIGHUP)
                     with self.stats.lock:
                         self.stats.sighups += 1
                 elif n % 3 == 2:
@@ -699,12 +714,48 @@ listeners = (
                         self.stats.renewals += 1
                 else:
                     self.edit_config(n // 3)
-                    self.proc.signal(signal.SIGHUP)
+                    os.kill(self.pid, signal.SIGHUP)
                     with self.stats.lock:
                         self.stats.config_edits += 1
+                        self.stats.edits_since_upgrade += 1
             except Exception as e:                      # noqa: BLE001
                 self.results.append(("reloader", False, repr(e)))
-                return
+                return False
+        return True
+
+    def upgrader(self) -> None:
+        """SIGUSR2 every --upgrade-every seconds, reloads paused meanwhile (a reload racing the
+        new binary's start is refused by design); then follow the new process."""
+        every = self.args.upgrade_every
+        if not every:
+            return
+        while not self.stop_control.wait(every):
+            if not self.go.is_set():
+                continue
+            with self.upgrade_lock:
+                old = self.pid
+                mark = len(self.proc.log())
+                os.kill(old, signal.SIGUSR2)
+                deadline = time.monotonic() + 60 * SLOW
+                new = None
+                while time.monotonic() < deadline and new is None:
+                    text = self.proc.log()[mark:]
+                    m = re.search(r"upgrade: the new process \(pid (\d+)\) accepts", text)
+                    if m:
+                        new = int(m.group(1))
+                    elif re.search(r"upgrade failed|SIGUSR2 .*ignored", text):
+                        break
+                    else:
+                        time.sleep(0.05)
+                if new is None:
+                    self.upgrade_failures.append(self.proc.log()[mark:][-1500:])
+                    continue
+                self.retired.append(old)
+                self.pid = new
+                with self.stats.lock:
+                    self.stats.upgrades += 1
+                    self.stats.edits_since_upgrade = 0
+                log(f"upgraded: pid {old} -> {new}")
 
     def probe(self, name: str, proto: str, tls: str) -> None:
         """While the backends are down: the listener must answer in its protocol's words."""
@@ -798,11 +849,18 @@ listeners = (
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
     def rss_sampler(self) -> None:
         while not self.stop_control.wait(0.5):
             if self.go.is_set():
                 try:
-                    self.rss_samples.append((time.monotonic(), self.proc.rss_kb()))
+                    self.rss_samples.append((time.monotonic(), self.rss_kb()))
                 except OSError:
                     return
 
@@ -833,11 +891,11 @@ listeners = (
         return last
 
     def measure(self, label: str, want_fds: int | None = None):
-        with self.control:                              # not during a backend outage
+        with self.control, self.upgrade_lock:           # not during an outage or an upgrade
             self.quiesce()
             fds = self.stable_fds(10 * SLOW, want_fds)
             time.sleep(0.5)
-            rss = self.proc.rss_kb()
+            rss = self.rss_kb()
             targets = self.fd_targets()
             log(f"{label}: {fds} fds, RSS {rss} kB, open connections "
                 f"{self.open_connections()}")
@@ -871,7 +929,7 @@ listeners = (
         threads = [threading.Thread(target=self.client, args=(i,), daemon=True)
                    for i in range(a.clients)]
         controls = [threading.Thread(target=f, daemon=True)
-                    for f in (self.reloader, self.restarter, self.rss_sampler)]
+                    for f in (self.reloader, self.restarter, self.rss_sampler, self.upgrader)]
         begin = time.monotonic()
         for t in threads + controls:
             t.start()
@@ -896,8 +954,10 @@ listeners = (
         end_fds, end_rss, end_targets = self.measure("at the end", want_fds=base_fds)
         stale = self.stale_certificates()
         m1 = self.metrics()
-        outcomes = collections.Counter(re.findall(r" outcome=(\w+)", self.proc.log()))
+        full_log = self.proc.log()
+        outcomes = collections.Counter(re.findall(r" outcome=(\w+)", full_log))
         exit_ok, exit_msg = True, "exit 0, no sanitizer report"
+        retired_gone = self.stop_upgraded()
         try:
             self.proc.stop()
         except AssertionError as e:
@@ -928,11 +988,15 @@ listeners = (
                                         if not self.args.strict_unavailable else ")"))
         print(f"mail sent: {st.sent}; unavailable replies in the grace period after a restart: "
               f"{st.late_unavailable}")
-        r_ok = m1.get('mailsnid_reloads_total{result="ok"}', 0)
-        r_failed = m1.get('mailsnid_reloads_total{result="failed"}', 0)
+        # From the log, not /metrics: after an upgrade the process serving has counted only its
+        # own reloads, and every process logs to the same file.
+        r_ok = len(re.findall(r"reload \([^)]*\): generation \d+", full_log))
+        r_failed = len(re.findall(r"reload \([^)]*\) failed", full_log))
         print(f"reloads: {st.sighups} SIGHUP + {st.renewals} certbot renewals + "
               f"{st.config_edits} config edits (routes/backends); mailsnid "
               f"reloads ok {r_ok:.0f}, failed {r_failed:.0f}")
+        print(f"upgrades (SIGUSR2): {st.upgrades}; failed {len(self.upgrade_failures)}; "
+              f"processes replaced and gone: {retired_gone}")
         print(f"backend restarts: {st.restarts} "
               f"(outage probes answered {sum(st.probes.values())}, "
               f"wrong {len(st.probe_failures)})")
@@ -973,13 +1037,19 @@ listeners = (
                        f"{len(st.probe_failures)} wrong"))
         checks.append(("reloads ran, none failed", r_ok >= 1 and r_failed == 0,
                        f"ok {r_ok:.0f}, failed {r_failed:.0f}"))
+        if a.upgrade_every and a.duration >= a.upgrade_every + warmup:
+            checks.append(("upgrades ran, none failed, every replaced process gone",
+                           st.upgrades >= 1 and not self.upgrade_failures and retired_gone,
+                           f"{st.upgrades} upgrades; failures: {self.upgrade_failures[:1]}; "
+                           f"replaced processes gone: {retired_gone}"))
         # Each config edit is a new generation; only the current one may be left at the end
         # (every session of the old ones ended, so they were freed).
         gen = m1.get("mailsnid_config_generation", 0)
         live = [k for k in m1 if k.startswith("mailsnid_generation_connections")]
         checks.append(("config edits became generations, old ones freed",
-                       st.config_edits >= 1 and gen >= 1 + st.config_edits and len(live) == 1,
-                       f"{st.config_edits} edits, generation {gen:.0f}, live {live}"))
+                       st.config_edits >= 1 and gen >= 1 + st.edits_since_upgrade and len(live) == 1,
+                       f"{st.config_edits} edits ({st.edits_since_upgrade} since the last upgrade), "
+                       f"generation {gen:.0f}, live {live}"))
         checks.append(("every name served its lineage's latest renewal", not stale,
                        "; ".join(stale)))
         fd_diff = (end_targets - base_targets) + (base_targets - end_targets)
@@ -1000,6 +1070,24 @@ listeners = (
         print(f"SOAK {'PASSED' if passed else 'FAILED'}")
         self.failed = not passed
         return 0 if passed else 1
+
+    def stop_upgraded(self) -> bool:
+        """After upgrades the process serving is not our child: SIGTERM it and wait for it (its
+        log lines, sanitizer reports included, land in the same log, which proc.stop() reads).
+        Returns whether every process an upgrade replaced has gone too."""
+        def alive(pid: int) -> bool:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    return not any(l.startswith("State:") and "Z" in l.split()[1] for l in f)
+            except OSError:
+                return False
+        if self.pid != self.proc.proc.pid and alive(self.pid):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30 * SLOW
+        others = [p for p in self.retired + [self.pid] if p != self.proc.proc.pid]
+        while any(alive(p) for p in others) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not any(alive(p) for p in others)
 
     def cleanup(self) -> None:
         self.stop_control.set()
@@ -1039,6 +1127,8 @@ def parse_args(argv=None):
                          "(no greeting, no HTTP status) as unexpected: the README promises "
                          "the protocol's unavailable reply when no backend answers")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--upgrade-every", type=float, default=60.0,
+                    help="seconds between SIGUSR2 binary upgrades (0: none)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the work directory (it is always kept when the soak fails)")
     args = ap.parse_args(argv)

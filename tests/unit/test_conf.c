@@ -841,6 +841,86 @@ static void test_domains(void)
                "3: domains: expected a list of host names");
 }
 
+#define SETUP_OK "autoconfig = {\n  display_name = \"Mail for %d (100%%)\";\n" \
+    "  imap = { host = \"Mail.%d.\"; port = 993; socket = \"SSL\"; };\n" \
+    "  smtp = { host = \"smtp.%d\"; socket = \"STARTTLS\"; };\n};\n" \
+    "mta_sts = { mode = \"enforce\"; mx = [ \"mail.%d\", \"*.mx.%d\" ]; max_age = 86400; };\n"
+
+static void test_client_setup(void)
+{
+    struct conf *c = NULL;
+    char *err = NULL;
+
+    CHECK(load(TLS_OK L_OK SETUP_OK, &c, &err) == 0);
+    CHECK(c && c->has_autoconfig && c->has_mta_sts);
+    if (c && c->has_autoconfig && c->has_mta_sts) {
+        CHECK_STR(c->autoconfig.display_name, "Mail for %d (100%%)");
+        CHECK_STR(c->autoconfig.imap.host, "mail.%d");
+        CHECK(c->autoconfig.imap.port == 993 && c->autoconfig.imap.socket == CONF_SOCKET_SSL);
+        CHECK(c->autoconfig.pop3.host == NULL);
+        CHECK_STR(c->autoconfig.smtp.host, "smtp.%d");
+        CHECK(c->autoconfig.smtp.port == 587 && c->autoconfig.smtp.socket == CONF_SOCKET_STARTTLS);
+        CHECK(c->mta_sts.mode == CONF_STS_ENFORCE && c->mta_sts.n_mx == 2 &&
+              c->mta_sts.max_age == 86400);
+        CHECK_STR(c->mta_sts.mx[1], "*.mx.%d");
+    }
+    conf_free(c);
+    c = NULL;
+    CHECK(load(TLS_OK L_OK "mta_sts = { mode = \"none\"; };\n", &c, &err) == 0);
+    CHECK(c && !c->has_autoconfig && c->has_mta_sts && c->mta_sts.mode == CONF_STS_NONE &&
+          c->mta_sts.n_mx == 0 && c->mta_sts.max_age == 604800);
+    conf_free(c);
+    c = NULL;
+    CHECK(load(TLS_OK L_OK "", &c, &err) == 0);
+    CHECK(c && !c->has_autoconfig && !c->has_mta_sts);
+    conf_free(c);
+    free(err);
+
+    EXPECT_ERR(TLS_OK L_OK "mta_sts = { mode = \"enforce\"; mx = [ \"mail.%d\" ];\n"
+               "  max_age = 31557601; };\n",
+               "4: mta_sts.max_age: must be from 0 to 31557600, not 31557601");
+    EXPECT_ERR(TLS_OK L_OK "mta_sts = { mode = \"enforce\"; };\n",
+               "3: mta_sts: missing required key \"mx\" (mode enforce and testing name the MX hosts)");
+    EXPECT_ERR(TLS_OK L_OK "mta_sts = { mode = \"strict\"; mx = [ \"mail.%d\" ]; };\n",
+               "3: mta_sts.mode: \"strict\" is not one of \"enforce\", \"testing\", \"none\"");
+    EXPECT_ERR(TLS_OK L_OK "mta_sts = { mode = \"testing\";\n  mx = [ \"mail.%s\" ]; };\n",
+               "4: mta_sts.mx[0]: \"mail.%%s\": only %%d (the domain) may follow %% in a host name");
+    EXPECT_ERR(TLS_OK L_OK "autoconfig = {\n  imap = { host = \"*.%d\"; };\n"
+               "  smtp = { host = \"mail.%d\"; port = 0; };\n};\n",
+               "4: autoconfig.imap.host: \"*.%%d\": a wildcard is not a host a client can connect to\n"
+               "%s:5: autoconfig.smtp.port: must be 1 to 65535", cfg);
+    EXPECT_ERR(TLS_OK L_OK "autoconfig = {\n  imap = { host = \"mail..%d\"; socket = \"TLS\"; };\n};\n",
+               "3: autoconfig: missing required key \"smtp\"\n"
+               "%s:4: autoconfig.imap.socket: \"TLS\" is not one of \"SSL\", \"STARTTLS\"\n"
+               "%s:4: autoconfig.imap.host: \"mail..%%d\": empty label in host name", cfg, cfg);
+    EXPECT_ERR(TLS_OK L_OK "autoconfig = {\n  smtp = { host = \"mail.%d\"; };\n};\n",
+               "3: autoconfig: autoconfig needs \"imap\" or \"pop3\" (or both)");
+    EXPECT_ERR(TLS_OK L_OK "autoconfig = { display_name = \"50% off\";\n"
+               "  pop3 = { host = \"mail.%d\"; }; smtp = { host = \"mail.%d\"; }; };\n",
+               "3: autoconfig.display_name: \"50%% off\": write %%d for the domain and %%%% for a percent sign");
+    EXPECT_ERR(TLS_OK L_OK "autoconfig = { pop3 = { host = \"mail.%d\"; user = 1; };\n"
+               "  smtp = { host = \"mail.%d\"; }; };\n",
+               "3: autoconfig.pop3.user: unknown key");
+}
+
+static void test_plain_http_listener(void)
+{
+    struct conf *c = NULL;
+    char *err = NULL;
+
+    CHECK(load(TLS_OK "listeners = ( { name = \"http\"; listen = \"0.0.0.0:80\"; protocol = \"http\";"
+               " tls = \"none\"; } );\n", &c, &err) == 0);
+    CHECK(c && c->n_listeners == 1 && c->listeners[0].tls == CONF_TLS_NONE &&
+          c->listeners[0].n_backends == 0);
+    conf_free(c);
+    free(err);
+    EXPECT_ERR(TLS_OK "listeners = ( { name = \"p\"; listen = \"0.0.0.0:110\"; protocol = \"pop3\";\n"
+               " tls = \"none\"; backend = \"127.0.0.1:1110\"; } );\n",
+               "3: listeners[0].tls: tls = \"none\" is only for protocol = \"http\" (the plain HTTP listener)");
+    EXPECT_ERR(TLS_OK "listeners = ( { name = \"h\"; listen = \"0.0.0.0:443\"; protocol = \"http\"; } );\n",
+               "2: listeners[0]: missing required key \"backend\"");
+}
+
 /* acme = { }: SPEC.md's example loads as written; defaults; each mistake at its line. */
 #define ACME_OK "acme = {\n  directory = \"https://ca.example/dir\";\n  storage = \"acme\";\n" \
     "  names = [ \"mail.%d\", \"Webmail.%d\", \"%d\" ];\n"
@@ -944,6 +1024,10 @@ static void test_drain_grace(void)
     CHECK(c && c->drain_grace_ms == 0);
     conf_free(c);
     c = NULL;
+    CHECK(load(TLS_OK L_OK "drain_grace = 0.0;\n", &c, &err) == 0);
+    CHECK(c && c->drain_grace_ms == 0);
+    conf_free(c);
+    c = NULL;
     CHECK(load(TLS_OK L_OK "", &c, &err) == 0);
     CHECK(c && c->drain_grace_ms == 0);
     conf_free(c);
@@ -985,6 +1069,8 @@ int main(void)
     test_backend_loops();
     test_domains();
     test_drain_grace();
+    test_client_setup();
+    test_plain_http_listener();
     test_acme();
 
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
