@@ -12,12 +12,14 @@
  * After an answer the connection reads and drops what the client still sends until it closes
  * (or HTTP_LINGER_MS passes): closing with unread bytes would make the kernel reset the
  * connection, and the client could lose the answer (an oversized body, a pipelined request). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <openssl/err.h>
 
+#include "acme/challenge.h"
 #include "proxy/conn.h"
 #include "proxy/http_parse.h"
 #include "proxy/http_reply.h"
@@ -105,6 +107,36 @@ static void answer_status(struct conn *c, unsigned status)
     http_out_free(&o);
 }
 
+#define ACME_CHALLENGE_PREFIX "/.well-known/acme-challenge/"
+
+/* GET /.well-known/acme-challenge/TOKEN with ACME on: the key authorization from acme.storage
+ * (any instance sharing it answers), or 404. Returns false for any other request. */
+static bool answer_http01(struct conn *c, const struct http_request *req, time_t now)
+{
+    const struct conf_acme *acme = &c->gen->conf->acme;
+    size_t plen = sizeof ACME_CHALLENGE_PREFIX - 1;
+    if (!acme->enabled || (req->method != HTTP_GET && req->method != HTTP_HEAD) ||
+        strncmp(req->target, ACME_CHALLENGE_PREFIX, plen) != 0)
+        return false;
+    char token[256], keyauth[256];
+    size_t n = strcspn(req->target + plen, "?");
+    struct http_out o = { 0 };
+    int status, len = -EINVAL;
+    if (n < sizeof token) {
+        memcpy(token, req->target + plen, n);
+        token[n] = '\0';
+        len = acme_http01_key_authorization(acme->storage, token, keyauth, sizeof keyauth);
+    }
+    if (len >= 0)
+        status = http_respond(&o, 200, "text/plain", "no-store", NULL, keyauth, (size_t)len,
+                              req->method == HTTP_HEAD, now);
+    else
+        status = http_respond_error(&o, 404, NULL, req->method == HTTP_HEAD, now);
+    send_answer(c, &o, "acme-challenge", status);
+    http_out_free(&o);
+    return true;
+}
+
 /* The head is complete (h->head_len bytes of the plaintext): answers, redirects or hands the
  * connection to the backend. Returns false while an Autodiscover body is still on its way. */
 static bool decide(struct conn *c)
@@ -132,8 +164,10 @@ static bool decide(struct conn *c)
         http_out_free(&o);
         return true;
     }
-    /* The hook for ACME HTTP-01 (/.well-known/acme-challenge/ on plain listeners) goes here,
-     * before the backend and the redirect: acme/challenge.h. */
+    /* ACME HTTP-01 on plain listeners, before the backend and the redirect: a CA validating
+     * a name of ours must get the answer whatever else port 80 does. */
+    if (!c->ssl && answer_http01(c, req, now))
+        return true;
     if (c->ssl || c->listener->conf->n_backends) {
         to_backend(c);
         return true;

@@ -12,6 +12,7 @@ orders the other placed).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -63,7 +64,8 @@ def tearDownModule():
 class Pebble:
     """pebble + pebble-challtestsrv; tls_port is where its validator connects for TLS-ALPN-01."""
 
-    def __init__(self, workdir: str, tls_port: int, nonce_reject: int | None = None):
+    def __init__(self, workdir: str, tls_port: int, nonce_reject: int | None = None,
+                 http_port: int | None = None):
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.port, self.mgmt = free_port(), free_port()
@@ -71,7 +73,7 @@ class Pebble:
         cfg = {"pebble": {"listenAddress": f"127.0.0.1:{self.port}",
                           "managementListenAddress": f"127.0.0.1:{self.mgmt}",
                           "certificate": PKI["pebble_cert"], "privateKey": PKI["pebble_key"],
-                          "httpPort": free_port(), "tlsPort": tls_port,
+                          "httpPort": http_port or free_port(), "tlsPort": tls_port,
                           "ocspResponderURL": "", "externalAccountBindingRequired": False}}
         path = os.path.join(workdir, "pebble.json")
         with open(path, "w") as f:
@@ -288,7 +290,8 @@ class Acme(unittest.TestCase):
         self.admin = free_port()
         # One test rejects more nonces, so that badNonce retries surely happen there.
         reject = 30 if self._testMethodName == "test_issue_serve_restart" else None
-        self.pebble = Pebble(os.path.join(self.dir, "pebble"), self.port, reject)
+        self.http_port = free_port()
+        self.pebble = Pebble(os.path.join(self.dir, "pebble"), self.port, reject, self.http_port)
         self.storage = os.path.join(self.dir, "acme")
         self.procs: list[MailsnidProcess] = []
 
@@ -351,6 +354,30 @@ class Acme(unittest.TestCase):
         time.sleep(2 * SLOW)
         self.assertNotIn("ordering", p2.log())
         self.assertEqual(self.pebble.log().count("Added order "), before)
+
+    def test_http01_on_the_plain_listener(self):
+        """HTTP-01: pebble's validator fetches /.well-known/acme-challenge/TOKEN from mailsnid's
+        plain HTTP listener (tls = "none"); the certificates are then served on the TLS one.
+        Anything else on port 80 still gets the redirect, and an unknown token a 404."""
+        text = config(listen=f"127.0.0.1:{self.port}", backend=free_port(), admin=self.admin,
+                      directory=self.pebble.directory, storage=self.storage,
+                      domains=["alpha.test", "beta.test"])
+        text = text.replace('challenges = [ "tls-alpn-01" ];', 'challenges = [ "http-01" ];')
+        text = text.replace("}\n);\ndomains", f'}},\n  {{ name = "http"; listen = "127.0.0.1:{self.http_port}"; '
+                                              f'protocol = "http"; tls = "none"; }}\n);\ndomains')
+        p = MailsnidProcess(text, self.dir).start([self.port, self.http_port])
+        self.procs.append(p)
+        for d in ("alpha.test", "beta.test"):
+            wait_issued("127.0.0.1", self.port, f"mail.{d}", self.pebble.root)
+        self.assertIn("http acme-challenge 200", p.log())
+        self.assertNotIn("answering a tls-alpn-01", p.log())
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+        conn.request("GET", "/.well-known/acme-challenge/unknown-token", headers={"Host": "mail.alpha.test"})
+        self.assertEqual(conn.getresponse().status, 404)
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+        conn.request("GET", "/inbox?x=1", headers={"Host": "webmail.alpha.test"})
+        r = conn.getresponse()
+        self.assertEqual((r.status, r.getheader("Location")), (301, "https://webmail.alpha.test/inbox?x=1"))
 
     def test_reload_adds_domain(self):
         p = self.start(["alpha.test"])
