@@ -140,6 +140,9 @@ log "modes: $(stat -c '%n %a' "$DIR" "$DIR/root" | tr '\n' ' ')"
 
 # /proc, /sys, and a private /dev (tmpfs with the usual nodes, its own devpts and /dev/shm):
 # nothing bind-mounted from the host, so nothing of the host's can be lost by removing DIR.
+# The chroot's / is made a mount point of its own, as / is on any machine: `ip netns` and
+# `unshare -m` change mount propagation at /, which a plain directory refuses.
+mount --bind "$DIR" "$DIR"
 mount -t proc proc "$DIR/proc"
 mount -t sysfs -o ro sysfs "$DIR/sys"
 mount -t tmpfs -o mode=0755,size=64k tmpfs "$DIR/dev"

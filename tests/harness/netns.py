@@ -68,6 +68,11 @@ def unavailable_reason() -> str | None:
     if r.returncode != 0:
         return f"ip netns add failed: {r.stderr.strip()}"
     try:
+        # `ip -n` remounts /sys privately, which a chroot whose / is no mount point refuses.
+        r = subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            return f"ip -n {name} link set lo up failed: {r.stderr.strip()}"
         fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
         back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import unittest
 
+import mailsnid_runner
 from mailsnid_runner import MAILSNID, MailsnidProcess, free_port
 from fakebackend import EchoBackend
 import certs
@@ -113,6 +114,13 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
             self.assertEqual(s.recv(3), b"low")
 
     def test_the_upgraded_process_keeps_the_low_port_capability(self):
+        # The retired process runs as nobody and starts the binary again: it must be somewhere
+        # nobody can reach (a checkout in /root is not, as /usr/sbin is in production).
+        exe = os.path.join(self.dir, "mailsnid")
+        shutil.copy2(mailsnid_runner.MAILSNID, exe)
+        os.chmod(exe, 0o755)
+        saved, mailsnid_runner.MAILSNID = mailsnid_runner.MAILSNID, exe
+        self.addCleanup(setattr, mailsnid_runner, "MAILSNID", saved)
         pid_file = os.path.join(self.dir, "mailsnid.pid")
         cfg = self.config("nobody") + f'pid_file = "{pid_file}";\n'
         os.chmod(self.dir, 0o777)              # nobody (the upgraded process) writes the pid file
