@@ -418,6 +418,18 @@ size_t conn_client_pending(struct conn *c)
 static int flush_side(struct conn *c, uv_tcp_t *stream, bool force, const char *side,
                       enum conn_outcome outcome);
 
+/* A backend being stopped completes connects from its queue and then resets them: a write can
+ * meet that before a read does. A backend that never answered gets the client the protocol's
+ * "try later", as on the read side; one that had answered ends the session. */
+void conn_backend_write_failed(struct conn *c, int err)
+{
+    snprintf(c->error, sizeof c->error, "backend write: %s", uv_strerror(err));
+    if (backend_never_answered(c))
+        conn_fail_with_reply(c, OUT_BACKEND_DOWN, conn_unavailable_reply(c));
+    else
+        conn_close(c, OUT_BACKEND_ERROR);
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     struct buf *b = (struct buf *)req;
@@ -437,10 +449,13 @@ static void on_write(uv_write_t *req, int status)
         flow_release(c);
         return;
     }
+    if (status < 0 && !to_client) {
+        conn_backend_write_failed(c, status);
+        return;
+    }
     if (status < 0) {
-        snprintf(c->error, sizeof c->error, "%s write: %s", to_client ? "client" : "backend",
-                 uv_strerror(status));
-        conn_close(c, to_client ? client_gone_outcome(c) : OUT_BACKEND_ERROR);
+        snprintf(c->error, sizeof c->error, "client write: %s", uv_strerror(status));
+        conn_close(c, client_gone_outcome(c));
         return;
     }
     if (to_client)
@@ -567,6 +582,10 @@ static int flush_side(struct conn *c, uv_tcp_t *stream, bool force, const char *
                       enum conn_outcome outcome)
 {
     int r = flush_tail(c, (uv_stream_t *)stream, force);
+    if (r < 0 && stream == &c->backend) {
+        conn_backend_write_failed(c, r);
+        return r;
+    }
     if (r < 0) {
         snprintf(c->error, sizeof c->error, "%s write: %s", side, uv_strerror(r));
         conn_close(c, stream == &c->client && outcome == OUT_CLIENT_ERROR ?

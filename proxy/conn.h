@@ -140,6 +140,9 @@ int conn_send_buf(struct conn *c, uv_stream_t *stream, struct buf *b);
  * (it follows when they complete). */
 int conn_flush_client(struct conn *c);
 int conn_flush_backend(struct conn *c);
+/* A write to the backend failed with ERR: "try later" for the client if the backend never
+ * answered, else the session ends. Leaves C closed or flushing its last reply. */
+void conn_backend_write_failed(struct conn *c, int err);
 /* Submits c->bout even behind queued writes: before a shutdown, which must follow every byte. */
 int conn_push_backend(struct conn *c);
 /* Starts or stops reading each side as the phase wants it and the flow control allows. */

@@ -40,10 +40,8 @@ void relay_client_plaintext(struct conn *c, struct buf *b)
     }
     c->bytes_up += buf_unread(b);
     int r = conn_send_buf(c, (uv_stream_t *)&c->backend, b);
-    if (r < 0) {
-        snprintf(c->error, sizeof c->error, "backend write: %s", uv_strerror(r));
-        conn_close(c, OUT_BACKEND_ERROR);
-    }
+    if (r < 0)
+        conn_backend_write_failed(c, r);
 }
 
 static void on_backend_shutdown(uv_shutdown_t *req, int status)

@@ -118,7 +118,7 @@ static void on_connect(uv_connect_t *req, int status)
     uv_tcp_nodelay(&c->backend, 1);
     if (c->proxy_protocol != CONF_PP_NONE &&
         (send_proxy_header(c) < 0 || conn_flush_backend(c) < 0)) {
-        if (c->state != CONN_CLOSED)
+        if (c->state != CONN_CLOSED && c->state != CONN_FLUSHING)
             conn_close(c, OUT_NOMEM);
         return;
     }

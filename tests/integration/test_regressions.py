@@ -123,6 +123,40 @@ listeners = ( {listener} );
                 pass
             self.assertTrue(f.readline().startswith(b"421 4.3.0"))
 
+    def test_backend_reset_at_accept_gets_502_every_time(self):
+        """A backend being stopped completes connects from its queue and resets them: whether
+        mailsnid then meets the reset writing the request or reading the answer, the client gets
+        the 502, never a bare close (the soak's strict check caught the write side)."""
+        def reset_at_once(c):
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+
+        n = 40
+        backend = Backend(*([reset_at_once] * n))   # (an implicit-TLS probe reaches no backend)
+        self.addCleanup(backend.close)
+        port = free_port()
+        self.start(f'{{ name = "https"; listen = "127.0.0.1:{port}"; protocol = "http"; '
+                   f'tls = "implicit"; backend = "{backend.addr}"; }}', port)
+        answers = []
+        for _ in range(n):
+            with socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW) as raw:
+                with insecure().wrap_socket(raw, server_hostname="webmail.alpha.test") as s:
+                    try:
+                        s.sendall(b"GET / HTTP/1.1\r\nHost: webmail.alpha.test\r\n\r\n")
+                    except OSError:
+                        pass
+                    got = b""
+                    try:
+                        while len(got) < 12:
+                            chunk = s.recv(100)
+                            if not chunk:
+                                break
+                            got += chunk
+                    except OSError:
+                        pass
+                    answers.append(got[:12])
+        self.assertEqual(answers.count(b"HTTP/1.1 502"), n, answers)
+
     def test_teardown_inside_the_starttls_engine(self):
         def fresh(c):
             c.sendall(b"* OK ready\r\n")
