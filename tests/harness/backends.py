@@ -83,8 +83,10 @@ from typing import Iterable
 
 try:                                    # imported as part of a package (tests.harness.backends)
     from . import certs as _certs
+    from .watchdog import Watchdog
 except ImportError:                     # imported with tests/harness on sys.path
     import certs as _certs
+    from watchdog import Watchdog
 
 USERS = {
     "alice@alpha.test": "alice-pass-1",
@@ -311,8 +313,7 @@ class MailBackends:
         self._dovecot: subprocess.Popen | None = None
         self._postfix: subprocess.Popen | None = None
         self._out_files: list = []
-        self._watchdog: subprocess.Popen | None = None
-        self._watchdog_w: int | None = None
+        self._watchdog: Watchdog | None = None
         self._msg_seq = 0
         self.started = False
         self.start_seconds: float | None = None
@@ -553,24 +554,12 @@ class MailBackends:
         pids = [str(p.pid) for p in (self._postfix, self._dovecot) if p is not None]
         if not pids:
             return
-        r, w = os.pipe()            # both non-inheritable: the daemons got neither end
-        try:
-            self._watchdog = subprocess.Popen(
-                ["/bin/sh", "-c", 'read _; kill -TERM "$@" 2>/dev/null', "watchdog", *pids],
-                stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                env=self._env(), start_new_session=True)
-        finally:
-            os.close(r)
-        self._watchdog_w = w
+        self._watchdog = Watchdog('kill -TERM "$@" 2>/dev/null', "watchdog", pids, self._env())
 
     def _stop_watchdog(self) -> None:
         if self._watchdog is not None:
-            self._watchdog.kill()
-            self._watchdog.wait()
+            self._watchdog.cancel()
             self._watchdog = None
-        if self._watchdog_w is not None:
-            os.close(self._watchdog_w)
-            self._watchdog_w = None
 
     def _spawn(self, argv: list[str], out_path: str, env: dict) -> subprocess.Popen:
         # The daemons' own stdout/stderr must not be our pipes: a daemon holding a pipe's

@@ -32,6 +32,11 @@ import signal
 import subprocess
 import time
 
+try:
+    from .watchdog import Watchdog
+except ImportError:
+    from watchdog import Watchdog
+
 CLONE_NEWNET = 0x40000000
 PREFIX = "mailsnid-ns-"
 _NAME_RX = re.compile(re.escape(PREFIX) + r"(\d+)-")
@@ -164,8 +169,7 @@ class Topology:
         sweep_stale()
         self.token = f"{os.getpid()}-{secrets.token_hex(3)}"
         self.spaces: list[Namespace] = []
-        self._watchdog: subprocess.Popen | None = None
-        self._watchdog_w: int | None = None
+        self._watchdog: Watchdog | None = None
 
     def namespace(self, role: str) -> Namespace:
         ns = Namespace(f"{PREFIX}{self.token}-{role}", role)
@@ -190,26 +194,14 @@ class Topology:
         # A shell blocked reading a pipe whose write end only we hold: when this process dies
         # in any way the read returns and the shell tears the namespaces down.
         self._stop_watchdog()
-        script = ('read _; for ns; do for p in $(ip netns pids "$ns"); do kill -9 "$p"; done; '
+        script = ('for ns; do for p in $(ip netns pids "$ns"); do kill -9 "$p"; done; '
                   'ip netns del "$ns"; done 2>/dev/null')
-        r, w = os.pipe()
-        try:
-            self._watchdog = subprocess.Popen(
-                ["/bin/sh", "-c", script, "netns-watchdog", *[s.name for s in self.spaces]],
-                stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
-        finally:
-            os.close(r)
-        self._watchdog_w = w
+        self._watchdog = Watchdog(script, "netns-watchdog", [s.name for s in self.spaces])
 
     def _stop_watchdog(self) -> None:
         if self._watchdog is not None:
-            self._watchdog.kill()
-            self._watchdog.wait()
+            self._watchdog.cancel()
             self._watchdog = None
-        if self._watchdog_w is not None:
-            os.close(self._watchdog_w)
-            self._watchdog_w = None
 
     def close(self) -> None:
         """Kill what runs inside, delete every namespace (and with them the veths)."""
