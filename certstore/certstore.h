@@ -121,8 +121,12 @@ struct cs_choice {
     char sni[CS_NAME_MAX + 1];          /* normalised SNI name, "" when none */
 };
 const struct cs_choice *cs_choice_of(const SSL *ssl); /* NULL if the callback did not run */
+/* Takes the choice away from SSL (the caller frees it): for a session that outlives its SSL. */
+struct cs_choice *cs_choice_take(SSL *ssl);
 /* Path of the certificate OpenSSL actually used for SSL (after the handshake), or "-". The
  * string lives as long as SSL holds that certificate, even across reloads. */
 const char *cs_used_cert_path(const SSL *ssl);
+/* The same for a certificate held by reference (X509_up_ref keeps the string alive). */
+const char *cs_cert_path(const X509 *cert);
 
 #endif

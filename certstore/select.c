@@ -170,8 +170,22 @@ const struct cs_choice *cs_choice_of(const SSL *ssl)
     return idx < 0 ? NULL : SSL_get_ex_data(ssl, idx);
 }
 
+struct cs_choice *cs_choice_take(SSL *ssl)
+{
+    int idx = choice_ex_index();
+    struct cs_choice *choice = idx < 0 ? NULL : SSL_get_ex_data(ssl, idx);
+    if (choice)
+        SSL_set_ex_data(ssl, idx, NULL);
+    return choice;
+}
+
+const char *cs_cert_path(const X509 *cert)
+{
+    const struct cs_pair *pair = cs_pair_of_x509(cert);
+    return pair ? pair->paths : "-";
+}
+
 const char *cs_used_cert_path(const SSL *ssl)
 {
-    const struct cs_pair *pair = cs_pair_of_x509(SSL_get_certificate(ssl));
-    return pair ? pair->paths : "-";
+    return cs_cert_path(SSL_get_certificate(ssl));
 }

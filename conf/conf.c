@@ -221,7 +221,8 @@ static void parse_cert_dirs(struct conf_ctx *ctx, struct conf *conf, const confi
 }
 
 static const char *const tls_keys[] = {
-    "default_cert", "default_key", "min_version", "ciphers", "ciphersuites", "ticket_keys", NULL
+    "default_cert", "default_key", "min_version", "ciphers", "ciphersuites", "ticket_keys", "offload",
+    NULL
 };
 static const char *const tls_version_names[] = { "TLSv1.2", "TLSv1.3", NULL };
 
@@ -232,6 +233,7 @@ static void parse_tls(struct conf_ctx *ctx, struct conf *conf, const config_sett
     int e;
 
     conf->tls.min_version = TLS1_2_VERSION;
+    conf->tls.offload = true;
     if (!g) {
         conf_missing(ctx, root, "tls", NULL);
         return;
@@ -250,6 +252,7 @@ static void parse_tls(struct conf_ctx *ctx, struct conf *conf, const config_sett
     if (conf_read_str(ctx, g, "ciphersuites", &v) > 0)
         conf->tls.ciphersuites = conf_dup(ctx, v);
     conf_read_path(ctx, g, "ticket_keys", &conf->tls.ticket_keys);
+    conf_read_bool(ctx, g, "offload", &conf->tls.offload);
 }
 
 static const char *const log_keys[] = { "level", "target", NULL };

@@ -123,6 +123,8 @@ struct conf {
         char *ciphers;                    /* NULL = our modern default */
         char *ciphersuites;               /* NULL = OpenSSL's TLS 1.3 default */
         char *ticket_keys;                /* NULL = none */
+        bool offload;                     /* TLS 1.3 sessions leave OpenSSL after the handshake
+                                           * for tls13/ (default true) */
     } tls;
 
     struct conf_cert *certs;

@@ -12,6 +12,7 @@
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/tls.h"
+#include "proxy/tls_offload.h"
 
 #define FLUSH_REPLY_MS 5000
 /* While a client is not read, the timer also looks this often whether it has reset. */
@@ -56,20 +57,19 @@ static void log_connection(struct conn *c)
         return;
     char client[64];
     format_addr(&c->peer, client, sizeof client);
-    const struct cs_choice *choice = c->ssl ? cs_choice_of(c->ssl) : NULL;
+    const struct cs_choice *choice = tls_choice(c);
     static const char *const kinds[] = { "none", "exact", "wildcard", "default" };
-    bool tls_up = c->ssl && SSL_is_init_finished(c->ssl);
     /* The backend in use, or the last one tried; "-" when the session never got that far. */
     size_t last = c->backend_index < c->n_backends ? c->backend_index : c->n_backends - 1;
     const char *backend = c->n_backends ? c->backends[last].text : "-";
-    log_info("conn listener=%s client=%s sni=%s cert=%s kind=%s tls=%s cipher=%s backend=%s "
-             "up=%llu down=%llu%s%.0llu duration_ms=%llu outcome=%s%s%s%s",
+    log_info("conn listener=%s client=%s sni=%s cert=%s kind=%s tls=%s cipher=%s record=%s "
+             "backend=%s up=%llu down=%llu%s%.0llu duration_ms=%llu outcome=%s%s%s%s",
              c->listener->conf->name, client,
              choice && choice->sni[0] ? choice->sni : "-",
-             tls_up ? cs_used_cert_path(c->ssl) : "-",
+             tls_cert_path(c),
              choice ? kinds[choice->kind] : "-",
-             tls_up ? SSL_get_version(c->ssl) : "-",
-             tls_up ? SSL_get_cipher_name(c->ssl) : "-",
+             tls_version_name(c), tls_cipher_name(c),
+             c->offload ? "own" : tls_is_up(c) ? "openssl" : "-",
              backend,
              (unsigned long long)c->bytes_up, (unsigned long long)c->bytes_down,
              c->discarded ? " discarded=" : "", (unsigned long long)c->discarded,
@@ -83,6 +83,7 @@ static void conn_free(struct conn *c)
     /* Released here, not in conn_close(): conn_close() can run from deep inside a sink or an
      * OpenSSL call whose callers still hold c->bin, c->pin, c->st or c->ssl. */
     SSL_free(c->ssl);
+    tls_offload_free(c);
     buf_put(c->cin);
     buf_put(c->bin);
     buf_put(c->cout);
@@ -196,8 +197,7 @@ static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
  * session ticket went unread — has lost nothing: a normal close, not an error of either side. */
 static enum conn_outcome client_gone_outcome(const struct conn *c)
 {
-    bool tls_up = c->ssl && SSL_is_init_finished(c->ssl);
-    return (tls_up || c->client_eof) && c->bytes_up == 0 && c->bytes_down == 0 ?
+    return (tls_is_up(c) || c->client_eof) && c->bytes_up == 0 && c->bytes_down == 0 ?
                OUT_OK : OUT_CLIENT_ERROR;
 }
 
@@ -223,7 +223,7 @@ static void dispatch_client_input(struct conn *c)
         break;
     case CONN_HANDSHAKE:
     case CONN_RELAY:
-        if (c->ssl) {
+        if (tls_in_use(c)) {
             tls_client_input(c);
         } else if (c->state == CONN_RELAY) {
             if (c->cin && buf_unread(c->cin)) {
@@ -470,7 +470,7 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     /* Ciphertext left in c->cin, or plaintext inside OpenSSL, when reading paused. */
-    if (flow_release(c) && c->state == CONN_RELAY && c->ssl)
+    if (flow_release(c) && c->state == CONN_RELAY && tls_in_use(c))
         tls_client_input(c);
 }
 
@@ -613,9 +613,19 @@ int conn_push_backend(struct conn *c)
 
 int conn_send_client(struct conn *c, const char *data, size_t len)
 {
-    if (c->ssl && SSL_is_init_finished(c->ssl))
+    if (tls_is_up(c))
         return tls_encrypt(c, data, len);
     return append(&c->cout, data, len, conn_flush_client, c);
+}
+
+struct buf *conn_client_room(struct conn *c, size_t need)
+{
+    if (c->cout && buf_room(c->cout) < need &&
+        flush_side(c, &c->client, true, "client", OUT_CLIENT_ERROR) < 0)
+        return NULL;
+    if (!c->cout)
+        c->cout = buf_get();
+    return c->cout;
 }
 
 int conn_send_backend(struct conn *c, const char *data, size_t len)
@@ -644,7 +654,7 @@ void conn_fail_with_reply(struct conn *c, enum conn_outcome outcome, const char 
         conn_close(c, outcome);
         return;
     }
-    if (c->ssl && SSL_is_init_finished(c->ssl))
+    if (tls_is_up(c))
         tls_send_close_notify(c);
     if (c->state == CONN_CLOSED || conn_flush_client(c) < 0)
         return;

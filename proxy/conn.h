@@ -62,7 +62,9 @@ struct conn {
     bool connect_timed_out;
     bool want_connect;                 /* connect as soon as the old backend handle has closed */
 
-    SSL *ssl;                          /* NULL until the TLS phase */
+    SSL *ssl;                          /* NULL until the TLS phase, and again once offloaded */
+    struct tls_offload *offload;       /* TLS 1.3 carried by tls13/ after the handshake */
+    struct tls13_secrets *secrets;     /* during the handshake: for the offload */
     struct buf *cin;                   /* bytes read from the client, not yet consumed */
     struct buf *bin;                   /* STARTTLS/greeting phase: backend bytes not yet consumed */
     /* Bytes for the client (ciphertext once TLS is up) and for the backend, not yet submitted:
@@ -147,6 +149,10 @@ void conn_backend_write_failed(struct conn *c, int err);
 int conn_push_backend(struct conn *c);
 /* Starts or stops reading each side as the phase wants it and the flow control allows. */
 void conn_sync_reading(struct conn *c);
+/* The client's tail with room for NEED bytes (what is gathered leaves first when it has less):
+ * a TLS record is sealed straight into it. NULL when out of memory or the write failed (C is
+ * then closed). */
+struct buf *conn_client_room(struct conn *c, size_t need);
 /* Bytes queued for the client (libuv's queue and the tail): what a close now would lose. */
 size_t conn_client_pending(struct conn *c);
 /* Starts the protocol session once the client is accepted (and its PROXY header read). */
@@ -157,6 +163,14 @@ void tls_begin(struct conn *c);                   /* tls.c: start the handshake 
 void tls_client_input(struct conn *c);            /* tls.c: feed c->cin to OpenSSL */
 int tls_encrypt(struct conn *c, const char *data, size_t len); /* tls.c */
 void tls_send_close_notify(struct conn *c);       /* tls.c */
+/* tls.c: the session, whichever record layer carries it (OpenSSL, or tls13/ once offloaded). */
+bool tls_in_use(const struct conn *c);            /* a TLS listener past its plaintext phase */
+bool tls_is_up(const struct conn *c);             /* handshake complete */
+const struct cs_choice *tls_choice(const struct conn *c); /* NULL before the ClientHello */
+const char *tls_version_name(const struct conn *c);       /* "-" unless up */
+const char *tls_cipher_name(const struct conn *c);        /* "-" unless up */
+const char *tls_cert_path(const struct conn *c);          /* "-" unless up */
+const char *tls_alpn_agreed(const struct conn *c);        /* NULL when none */
 void upstream_connect(struct conn *c);            /* upstream.c */
 void upstream_timeout(struct conn *c);            /* upstream.c: the connect timer fired */
 void upstream_close(struct conn *c);              /* upstream.c: close the backend handle (if open) */

@@ -18,6 +18,7 @@
 
 static atomic_ullong handshakes[OUT_NOMEM + 1];
 static atomic_ullong handshakes_ok;
+static atomic_ullong carried[2]; /* sessions by record layer: [0] OpenSSL, [1] tls13/ */
 static atomic_ullong sni_kind[4];
 static atomic_ullong starttls_upgrades;
 static atomic_ullong proxy_refused;
@@ -41,12 +42,18 @@ void metrics_conn_closed(const struct conn *c)
 
 void metrics_session_started(const struct conn *c)
 {
-    if (!c->ssl)
+    if (!tls_in_use(c))
         return;
     atomic_fetch_add_explicit(&handshakes_ok, 1, RELAXED);
-    const struct cs_choice *choice = cs_choice_of(c->ssl);
+    const struct cs_choice *choice = tls_choice(c);
     if (choice)
         atomic_fetch_add_explicit(&sni_kind[choice->kind], 1, RELAXED);
+}
+
+void metrics_tls_carried(const struct conn *c, bool own)
+{
+    (void)c;
+    atomic_fetch_add_explicit(&carried[own], 1, RELAXED);
 }
 
 void metrics_backend_error(const struct conf_addr *backend)
@@ -141,6 +148,12 @@ void metrics_render(const struct server *srv, FILE *out)
                  "mailsnid_handshakes_total{outcome=\"timeout\"} %llu\n",
             get(&handshakes_ok), get(&handshakes[OUT_HANDSHAKE_FAILED]),
             get(&handshakes[OUT_HANDSHAKE_TIMEOUT]));
+    fprintf(out, "# HELP mailsnid_tls_sessions_total TLS sessions relayed, by the record layer that "
+                 "carried them after the handshake (own: tls13/, OpenSSL's SSL object freed).\n"
+                 "# TYPE mailsnid_tls_sessions_total counter\n"
+                 "mailsnid_tls_sessions_total{record=\"own\"} %llu\n"
+                 "mailsnid_tls_sessions_total{record=\"openssl\"} %llu\n",
+            get(&carried[1]), get(&carried[0]));
     static const char *const kinds[] = { "none", "exact", "wildcard", "default" };
     fprintf(out, "# HELP mailsnid_sni_selections_total Certificates chosen, by kind of match.\n"
                  "# TYPE mailsnid_sni_selections_total counter\n");

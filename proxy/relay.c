@@ -5,6 +5,7 @@
 #include "proxy/conn.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/tls_offload.h"
 
 void relay_start(struct conn *c)
 {
@@ -12,6 +13,8 @@ void relay_start(struct conn *c)
     c->last_active_ms = conn_now_ms(c);
     conn_arm_timer(c, c->listener->conf->idle_timeout_ms);
     metrics_session_started(c);
+    /* From here on a TLS 1.3 session needs only its keys: OpenSSL's state goes (issue 14). */
+    tls_offload_begin(c);
     conn_backend_read_start(c);
     conn_client_read_start(c);
     /* An HTTP request read to decide where it goes (http_conn.c) leaves first, as it came. */
@@ -23,7 +26,7 @@ void relay_start(struct conn *c)
             return;
     }
     /* The client may have sent data along with its last handshake message. */
-    if (c->ssl)
+    if (tls_in_use(c))
         tls_client_input(c);
     else if (c->cin && buf_unread(c->cin)) {
         struct buf *b = c->cin;
@@ -79,7 +82,7 @@ void relay_backend_read(struct conn *c, ssize_t nread, struct buf *b)
     }
     c->bytes_down += buf_unread(b);
     int r;
-    if (c->ssl) {
+    if (tls_in_use(c)) {
         r = tls_encrypt(c, b->data + b->off, buf_unread(b));
         buf_put(b);
     } else {

@@ -12,6 +12,7 @@
 #include "proxy/conn.h"
 #include "proxy/log.h"
 #include "proxy/tickets.h"
+#include "proxy/tls_offload.h"
 #include "proxy/tls_policy.h"
 
 static BIO_METHOD *bio_method;
@@ -129,6 +130,7 @@ SSL_CTX *tls_ctx_new(const struct conf *conf, const struct conf_listener *listen
     if (conf->tls.ticket_keys)
         tickets_install(ctx);
     acme_tls_install(ctx, certs, conf->acme.enabled ? conf->acme.storage : NULL);
+    tls_offload_install(ctx, conf->tls.offload);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
@@ -289,6 +291,13 @@ static void decrypt_step(struct conn *c)
 
 void tls_client_input(struct conn *c)
 {
+    if (c->offload) {
+        if (c->state == CONN_RELAY && !c->client_done)
+            tls_offload_client_input(c);
+        if (c->state != CONN_CLOSED)
+            release_cin_if_empty(c);
+        return;
+    }
     if (c->state == CONN_HANDSHAKE)
         handshake_step(c);
     else if (c->state == CONN_RELAY && !c->client_done)
@@ -299,6 +308,8 @@ void tls_client_input(struct conn *c)
 
 int tls_encrypt(struct conn *c, const char *data, size_t len)
 {
+    if (c->offload)
+        return tls_offload_encrypt(c, data, len);
     /* OpenSSL cuts the data into records of at most 16 KB; they gather in c->cout and leave
      * in one write. */
     while (len) {
@@ -316,7 +327,57 @@ int tls_encrypt(struct conn *c, const char *data, size_t len)
 
 void tls_send_close_notify(struct conn *c)
 {
+    if (c->offload) {
+        tls_offload_close_notify(c);
+        return;
+    }
     if (!(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN))
         SSL_shutdown(c->ssl);
     ERR_clear_error();
+}
+
+/* ---- the session, whichever record layer carries it ---- */
+
+bool tls_in_use(const struct conn *c)
+{
+    return c->ssl || c->offload;
+}
+
+bool tls_is_up(const struct conn *c)
+{
+    return c->offload || (c->ssl && SSL_is_init_finished(c->ssl));
+}
+
+const struct cs_choice *tls_choice(const struct conn *c)
+{
+    return c->offload ? tls_offload_choice(c) : c->ssl ? cs_choice_of(c->ssl) : NULL;
+}
+
+const char *tls_version_name(const struct conn *c)
+{
+    /* Only TLS 1.3 is offloaded. */
+    return c->offload ? "TLSv1.3" : tls_is_up(c) ? SSL_get_version(c->ssl) : "-";
+}
+
+const char *tls_cipher_name(const struct conn *c)
+{
+    return c->offload ? tls_offload_cipher(c) : tls_is_up(c) ? SSL_get_cipher_name(c->ssl) : "-";
+}
+
+const char *tls_cert_path(const struct conn *c)
+{
+    return c->offload ? tls_offload_cert_path(c) : tls_is_up(c) ? cs_used_cert_path(c->ssl) : "-";
+}
+
+const char *tls_alpn_agreed(const struct conn *c)
+{
+    /* The policy only ever agrees to the listener's own identifier (tls_policy.c). */
+    const char *own = tls_policy_alpn_id(c->listener->conf->proto);
+    if (c->offload)
+        return tls_offload_alpn_agreed(c) ? own : NULL;
+    const unsigned char *alpn = NULL;
+    unsigned len = 0;
+    if (tls_is_up(c))
+        SSL_get0_alpn_selected(c->ssl, &alpn, &len);
+    return len ? own : NULL;
 }

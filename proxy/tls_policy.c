@@ -97,11 +97,14 @@ static SSL_TICKET_RETURN session_ticket_dec(SSL *ssl, SSL_SESSION *ss,
     return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
 }
 
+const char *tls_policy_alpn_id(enum conf_proto proto)
+{
+    return proto == CONF_PROTO_HTTP ? "http/1.1" : conf_proto_name(proto);
+}
+
 void tls_policy_install(SSL_CTX *ctx, enum conf_proto proto)
 {
     /* The identifiers are static strings: they outlive every context. */
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_select,
-                               (void *)(proto == CONF_PROTO_HTTP ? "http/1.1"
-                                                                 : conf_proto_name(proto)));
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, (void *)tls_policy_alpn_id(proto));
     SSL_CTX_set_session_ticket_cb(ctx, session_ticket_gen, session_ticket_dec, NULL);
 }

@@ -16,5 +16,7 @@
  * Sessions: a ticket is resumed only on the listener and under the SNI name it was issued for
  * (RFC 6066 section 3), in TLS 1.2 and 1.3; any other ticket means a full handshake. */
 void tls_policy_install(SSL_CTX *ctx, enum conf_proto proto);
+/* The ALPN identifier a listener of PROTO agrees to (a static string). */
+const char *tls_policy_alpn_id(enum conf_proto proto);
 
 #endif

@@ -42,7 +42,7 @@ static void choose_backends(struct conn *c)
     c->backends = l->backends;
     c->n_backends = l->n_backends;
     c->proxy_protocol = l->proxy_protocol;
-    const struct cs_choice *choice = c->ssl ? cs_choice_of(c->ssl) : NULL;
+    const struct cs_choice *choice = tls_choice(c);
     if (!choice || !choice->sni[0])
         return;
     /* The connection's own generation: a reload never moves an open session. */
@@ -64,23 +64,15 @@ static int send_proxy_header(struct conn *c)
                         (struct sockaddr *)&c->local);
     } else {
         struct pp_tls tls = { 0 };
-        const unsigned char *alpn = NULL;
-        unsigned alpn_len = 0;
-        char alpn_text[32] = "";
-        if (c->ssl && SSL_is_init_finished(c->ssl)) {
-            const struct cs_choice *choice = cs_choice_of(c->ssl);
+        if (tls_is_up(c)) {
+            const struct cs_choice *choice = tls_choice(c);
             tls.authority = choice && choice->sni[0] ? choice->sni : NULL;
             tls.ssl = true;
-            tls.version = SSL_get_version(c->ssl);
-            tls.cipher = SSL_get_cipher_name(c->ssl);
+            tls.version = tls_version_name(c);
+            tls.cipher = tls_cipher_name(c);
             /* Only ALPN the client and we agreed on, which is always the listener's own
              * protocol (tls_policy.c): Dovecot drops a connection whose ALPN is not its own. */
-            SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
-            if (alpn_len && alpn_len < sizeof alpn_text) {
-                memcpy(alpn_text, alpn, alpn_len);
-                alpn_text[alpn_len] = 0;
-                tls.alpn = alpn_text;
-            }
+            tls.alpn = tls_alpn_agreed(c);
         }
         n = pp_build_v2(hdr, sizeof hdr, (struct sockaddr *)&c->peer,
                         (struct sockaddr *)&c->local, &tls);
