@@ -69,6 +69,10 @@ struct tls13_conn {
 };
 
 /* Sets up both directions from the secrets (server side: read with client, write with server).
+ * Both sequence numbers start at 0: a caller whose SSL object already protected records with
+ * these secrets (OpenSSL writes its NewSessionTickets with the server's application key, one
+ * record each, and may have read the client's first data) sets t->wr.seq / t->rd.seq to the
+ * count of those records before the first tls13_open / tls13_seal_record.
  * Returns 0, -EINVAL (unusable secrets) or -ENOMEM. T is left freeable either way. */
 int tls13_init(struct tls13_conn *t, enum tls13_aead aead, const struct tls13_secrets *s);
 void tls13_free(struct tls13_conn *t);
