@@ -11,6 +11,8 @@ fuzz_pkgs="$build_pkgs clang-14 libclang-rt-14-dev llvm-14"
 audit_pkgs="$test_pkgs testssl.sh"
 # A real MTA-STS client (mta-sts-query) and a mock DNS (pebble-challtestsrv) for client setup.
 test_pkgs="$test_pkgs postfix-mta-sts-resolver pebble"
+# A second TLS stack for the record layer's interop tests (issue 14): gnutls-cli.
+test_pkgs="$test_pkgs gnutls-bin"
 
 case "${1:-test}" in
   build) want=$build_pkgs ;;
