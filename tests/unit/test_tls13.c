@@ -7,6 +7,9 @@
 #include "check.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/crypto.h>
@@ -60,7 +63,8 @@ static const enum tls13_aead all_aeads[] = {
 
 /* ---- OpenSSL's heap, counted: every allocation carries its size in front ---- */
 
-static long heap_live, heap_blocks;
+/* Atomic: the worker-thread test allocates from several threads at once. */
+static _Atomic long heap_live, heap_blocks;
 
 struct heap_hdr {
     size_t size;
@@ -954,6 +958,8 @@ static bool pair_open(struct pair *p, const char *suite, EVP_PKEY *key, X509 *ce
     SSL_CTX_use_certificate(p->sctx, cert);
     SSL_CTX_use_PrivateKey(p->sctx, key);
     SSL_CTX_set_keylog_callback(p->sctx, keylog_cb);
+    /* As the proxy runs it, so that the SSL object's size below is the one tls13 replaces. */
+    SSL_CTX_set_mode(p->sctx, SSL_MODE_RELEASE_BUFFERS);
     SSL *server = new_ssl(p->sctx);
     p->client = new_ssl(p->cctx);
     SSL_set_accept_state(server);
@@ -1139,10 +1145,52 @@ static void test_memory(enum tls13_aead aead, const char *name)
     CHECK(heap_live == live && heap_blocks == blocks);
 }
 
+/* Worker threads set up and use connections at once, the first of them before anything was
+ * fetched: the one-time fetches of the KDF and the ciphers must hold under that. */
+static void *worker(void *arg)
+{
+    enum tls13_aead aead = (enum tls13_aead)(uintptr_t)arg;
+    long bad = 0;
+    for (int i = 0; i < 50; i++) {
+        struct tls13_secrets s, m;
+        struct tls13_conn t, cli;
+        random_secrets(&s, aead);
+        m = mirrored(&s);
+        if (tls13_init(&t, aead, &s) != 0 || tls13_init(&cli, aead, &m) != 0) {
+            bad++;
+            continue;
+        }
+        uint8_t out[256];
+        size_t consumed, plain;
+        for (int j = 0; j < 20; j++) {
+            t.keyupdate_owed = j % 5 == 0;
+            int w = tls13_seal_record(&t, (const uint8_t *)"worker", 6, out);
+            if (w <= 0 || tls13_open(&cli, out, (size_t)w, &consumed, &plain) != TLS13_OK ||
+                plain != 6 || memcmp(out, "worker", 6) != 0)
+                bad++;
+        }
+        tls13_free(&t);
+        tls13_free(&cli);
+    }
+    return (void *)bad;
+}
+
+static void test_threads(void)
+{
+    pthread_t th[6];
+    for (size_t i = 0; i < 6; i++)
+        CHECK(pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)all_aeads[i % N_AEADS]) == 0);
+    for (size_t i = 0; i < 6; i++) {
+        void *bad = NULL;
+        CHECK(pthread_join(th[i], &bad) == 0 && bad == NULL);
+    }
+}
+
 int main(void)
 {
     /* Before OpenSSL allocates anything, or it refuses. */
     CHECK(CRYPTO_set_mem_functions(count_malloc, count_realloc, count_free) == 1);
+    test_threads();
     CHECK(tls13_global_init() == 0);
     test_rfc8448_keys();
     test_rfc8448_records();
