@@ -52,7 +52,8 @@ $(BUILD)/mailsnid: $(MAIN_OBJ) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
 
 # Each unit test links only the rooms it tests, so one room's tests build while another is
-# being changed: test_conf needs conf/, test_certstore certstore/ and conf/, the rest everything.
+# being changed: test_conf needs conf/, test_certstore certstore/ and conf/, test_tls13 tls13/,
+# the rest everything.
 $(BUILD)/tests/test_conf: tests/unit/test_conf.c $(CONF_OBJ) tests/unit/check.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(CONF_OBJ) $(PKG_LIBS) $(LDLIBS)
@@ -60,6 +61,10 @@ $(BUILD)/tests/test_conf: tests/unit/test_conf.c $(CONF_OBJ) tests/unit/check.h
 $(BUILD)/tests/test_certstore: tests/unit/test_certstore.c tests/unit/certgen.h $(CS_OBJ) $(CONF_OBJ) tests/unit/check.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(CS_OBJ) $(CONF_OBJ) $(PKG_LIBS) $(LDLIBS)
+
+$(BUILD)/tests/test_tls13: tests/unit/test_tls13.c tests/unit/certgen.h $(TLS13_OBJ) tests/unit/check.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(TLS13_OBJ) $(PKG_LIBS) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ) tests/unit/check.h
 	@mkdir -p $(dir $@)
@@ -119,13 +124,14 @@ FUZZ_TIME ?= 60
 FUZZ_CC   := clang-14
 FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -I. -fno-omit-frame-pointer \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_TARGETS := conf sni proxyproto starttls http acme
+FUZZ_TARGETS := conf sni proxyproto starttls http acme tls13
 FUZZ_SRC_conf := $(wildcard conf/*.c)
 FUZZ_SRC_sni := $(wildcard certstore/*.c)
 FUZZ_SRC_proxyproto := proxy/proxyproto.c
 FUZZ_SRC_starttls := proxy/st_engine.c proxy/st_imap.c proxy/st_pop3.c proxy/st_smtp.c
 FUZZ_SRC_http := proxy/http_parse.c proxy/http_setup.c proxy/http_reply.c
 FUZZ_SRC_acme := acme/parse.c acme/ari.c acme/jws.c acme/storage.c
+FUZZ_SRC_tls13 := tls13/record.c tls13/keys.c
 
 .SECONDEXPANSION:
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*)

@@ -42,7 +42,8 @@ struct tls13_secrets {
 /* Takes one NSS keylog line as OpenSSL's keylog callback gives it ("LABEL <client_random hex>
  * <secret hex>", no newline) and keeps the secret when LABEL is CLIENT_TRAFFIC_SECRET_0 or
  * SERVER_TRAFFIC_SECRET_0. Returns 1 when kept, 0 for other labels, -EINVAL for a malformed
- * line of those labels (bad hex, odd length, over TLS13_SECRET_MAX bytes). */
+ * line of those labels (single spaces between fields, a client random of 32 bytes, a secret of
+ * 32 or 48 bytes, hex digits in either case, nothing after it); S is left unchanged then. */
 int tls13_keylog_line(struct tls13_secrets *s, const char *line);
 
 /* One direction's keys: what the record layer — or the kernel — encrypts with. */

@@ -88,16 +88,19 @@ enum tls13_status {
 /* Decrypts the whole records in DATA[0, len) in place. On return DATA[0, *plain) holds the
  * application data of those records in order and *consumed says how many input bytes were whole
  * records (the caller keeps DATA[*consumed, len) for the next call). Handshake records
- * (KeyUpdate) and alerts are acted on and leave no plaintext. After TLS13_EOF or TLS13_ERROR the
- * connection takes no more input. */
+ * (KeyUpdate) and alerts are acted on and leave no plaintext. On TLS13_EOF and TLS13_ERROR too,
+ * DATA[0, *plain) is the authenticated data of the records before the one that ended it. After
+ * TLS13_EOF or TLS13_ERROR the connection takes no more input: later calls return the same
+ * status and consume nothing. A header alone is enough to fail (a wrong outer type, a length
+ * over the limit): the rest of that record is not waited for. */
 enum tls13_status tls13_open(struct tls13_conn *t, uint8_t *data, size_t len, size_t *consumed,
                              size_t *plain);
 
 /* Encrypts LEN (<= TLS13_MAX_PLAIN, may be 0) bytes of application data from IN as one record
  * into OUT, which has room for TLS13_SEAL_MAX bytes; a KeyUpdate we owe (the client's request,
  * or our own key's record limit) goes out first, and with LEN == 0 only that is written.
- * Returns the bytes written, or -EIO (OpenSSL failed, or the sequence number would wrap: close
- * the connection). */
+ * Returns the bytes written, or -EIO (OpenSSL failed, LEN over the limit, or the sequence number
+ * would wrap: close the connection). */
 int tls13_seal_record(struct tls13_conn *t, const uint8_t *in, size_t len, uint8_t *out);
 
 /* True when a KeyUpdate is owed and should go out now even with no data to send. */
