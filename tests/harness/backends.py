@@ -263,6 +263,7 @@ class MailBackends:
         Plain LOGIN on the plain ports is then refused; through the haproxy ports it works
         only when the PROXY v2 header carries the SSL TLV with the client-SSL flag.
     All listen on `host` (127.0.0.2 by default; see the module docstring for why).
+    dovecot_extra: settings appended to dovecot.conf (e.g. shorter IMAP IDLE intervals).
     """
 
     # Set from base_port + PORT_OFFSETS; listed here for readers and editors.
@@ -281,7 +282,7 @@ class MailBackends:
                  host: str = DEFAULT_HOST, strict: bool = False,
                  users: dict[str, str] | None = None, dovecot: bool = True,
                  postfix: bool = True, die_with_parent: bool = True,
-                 fast_auth_failures: bool = True,
+                 fast_auth_failures: bool = True, dovecot_extra: str = "",
                  start_timeout: float = 15.0, stop_timeout: float = 10.0):
         self.workdir = os.path.abspath(workdir)
         self.host = host
@@ -292,6 +293,8 @@ class MailBackends:
         self.run_postfix = postfix
         self.die_with_parent = die_with_parent
         self.fast_auth_failures = fast_auth_failures
+        # Lines appended to dovecot.conf: a test's own settings (IDLE intervals, say).
+        self.dovecot_extra = dovecot_extra
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._auto_port = base_port is None
@@ -829,6 +832,7 @@ service auth {{
     port = {self.auth_port}
   }}
 }}
+{self.dovecot_extra}
 """
         with open(self.dovecot_conf, "w") as f:
             f.write(conf)

@@ -33,10 +33,44 @@ SANITIZE = os.environ.get("SANITIZE", "0") == "1"
 SLOW = 4.0 if SANITIZE else 1.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid=()) -> int:
+    """A port nobody listens on now, and not one of AVOID (those a config already names)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+def listener_entry(name: str, port: int, proto: str, tls: str, backend: str,
+                   extra: str = "") -> str:
+    """One entry of a config's `listeners` list, on 127.0.0.1:PORT."""
+    return (f'{{ name = "{name}"; listen = "127.0.0.1:{port}"; protocol = "{proto}"; '
+            f'tls = "{tls}"; backend = "{backend}"; {extra} }}')
+
+
+def config_text(pki: dict[str, str], cert_labels, listeners: list[str], extra: str = "",
+                tls_extra: str = "") -> str:
+    """A test config: one worker, debug log, the default pair of PKI (tests/harness/certs.py's
+    standard_pki), one certificate per label (PKI[label + "_cert"] and "_key"), the LISTENERS
+    entries (listener_entry()), then EXTRA. TLS_EXTRA goes inside `tls = { }`."""
+    certificates = ",\n  ".join(f'{{ cert = "{pki[l + "_cert"]}"; key = "{pki[l + "_key"]}"; }}'
+                                 for l in cert_labels)
+    entries = ",\n  ".join(listeners)
+    return f"""
+workers = 1;
+log = {{ level = "debug"; }};
+drain_timeout = 5;
+tls = {{ default_cert = "{pki['default_cert']}"; default_key = "{pki['default_key']}"; {tls_extra}}};
+certificates = (
+  {certificates}
+);
+listeners = (
+  {entries}
+);
+{extra}
+"""
 
 
 def hold_ports(ports) -> list[socket.socket]:

@@ -27,7 +27,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mailsnid_runner import SLOW, MailsnidProcess, free_port
+from mailsnid_runner import SLOW, MailsnidProcess, free_port, listener_entry
 import certs
 from backends import USERS, MailBackends
 
@@ -104,12 +104,8 @@ def long_ehlo(line: bytes) -> bytes | None:
 
 
 def listener(name: str, proto: str, tls: str, backend: str, extra: str = "") -> str:
-    port = free_port()
-    while port in PORTS.values():
-        port = free_port()
-    PORTS[name] = port
-    return (f'{{ name = "{name}"; listen = "127.0.0.1:{port}"; protocol = "{proto}"; '
-            f'tls = "{tls}"; backend = "{backend}"; {extra} }}')
+    PORTS[name] = free_port(avoid=PORTS.values())
+    return listener_entry(name, PORTS[name], proto, tls, backend, extra)
 
 
 def setUpModule():

@@ -43,7 +43,7 @@ import uuid
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # run as a file or by discover
-from mailsnid_runner import SLOW, MailsnidProcess, free_port
+from mailsnid_runner import SLOW, MailsnidProcess, config_text, free_port, listener_entry
 import certs
 from backends import (PP2_SIGNATURE, USERS, MailBackends, find_free_base, proxy_v1,
                       proxy_v2)
@@ -293,30 +293,12 @@ def spki_pin(cert_path: str) -> str:
 
 
 def base_config(listeners: list[str], extra: str = "") -> str:
-    return f"""
-workers = 1;
-log = {{ level = "debug"; }};
-drain_timeout = 5;
-tls = {{ default_cert = "{PKI['default_cert']}"; default_key = "{PKI['default_key']}"; }};
-certificates = (
-  {{ cert = "{PKI['alpha_ec_cert']}"; key = "{PKI['alpha_ec_key']}"; }},
-  {{ cert = "{PKI['alpha_rsa_cert']}"; key = "{PKI['alpha_rsa_key']}"; }},
-  {{ cert = "{PKI['beta_wild_cert']}"; key = "{PKI['beta_wild_key']}"; }}
-);
-listeners = (
-  {(',' + chr(10) + '  ').join(listeners)}
-);
-{extra}
-"""
+    return config_text(PKI, ("alpha_ec", "alpha_rsa", "beta_wild"), listeners, extra)
 
 
 def listener(name: str, proto: str, tls: str, backend: str, extra: str = "") -> str:
-    port = free_port()
-    while port in PORTS.values():
-        port = free_port()
-    PORTS[name] = port
-    return (f'{{ name = "{name}"; listen = "127.0.0.1:{port}"; protocol = "{proto}"; '
-            f'tls = "{tls}"; backend = "{backend}"; {extra} }}')
+    PORTS[name] = free_port(avoid=PORTS.values())
+    return listener_entry(name, PORTS[name], proto, tls, backend, extra)
 
 
 LB = 'proxy_protocol_in = true; trusted = [ "127.0.0.0/8" ];'
