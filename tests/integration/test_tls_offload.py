@@ -37,7 +37,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # run as a file or by discover
 from mailsnid_runner import SLOW, MailsnidProcess, config_text, free_port, listener_entry
-from fakebackend import EchoBackend
+from fakebackend import EchoBackend, SourceBackend
 import certs
 from backends import USERS, MailBackends
 
@@ -59,6 +59,7 @@ PKI: dict[str, str] = {}
 TMP = ""
 ECHO: EchoBackend | None = None
 TAILER: EchoBackend | None = None
+SOURCE: SourceBackend | None = None
 HTTPD: http.server.ThreadingHTTPServer | None = None
 MAIL: MailBackends | None = None
 PROXY: MailsnidProcess | None = None
@@ -109,12 +110,13 @@ def start_proxy(cfg: str, workdir: str, ports: list[int], n_listeners: int) -> M
 
 
 def setUpModule():
-    global TMP, ECHO, TAILER, HTTPD, MAIL, PROXY
+    global TMP, ECHO, TAILER, SOURCE, HTTPD, MAIL, PROXY
     TMP = tempfile.mkdtemp(prefix="mailsnid-offload-")
     try:
         PKI.update(certs.standard_pki(os.path.join(TMP, "pki")))
         ECHO = EchoBackend()
         TAILER = EchoBackend(reply_after_eof=TAIL)
+        SOURCE = SourceBackend()
         HTTPD = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HttpBackend)
         threading.Thread(target=HTTPD.serve_forever, daemon=True).start()
         MAIL = MailBackends(os.path.join(TMP, "mail"), dovecot_extra=(
@@ -123,8 +125,12 @@ def setUpModule():
             "mailbox_idle_check_interval = 1 secs\n")).start()
         PORTS["admin"] = free_port()
         listeners = [
-            listener("echo", "imap", "implicit", ECHO.addr),
-            listener("tail", "imap", "implicit", TAILER.addr),
+            # protocol "http" (no client setup configured): no mail engine reads these bytes,
+            # so arbitrary data -- no lines, no greeting -- is relayed as it is. The mail
+            # listeners below have the engine, in front of real Dovecot and Postfix.
+            listener("echo", "http", "implicit", ECHO.addr),
+            listener("tail", "http", "implicit", TAILER.addr),
+            listener("source", "http", "implicit", f"127.0.0.1:{SOURCE.port}"),
             listener("https", "http", "implicit", f"127.0.0.1:{HTTPD.server_address[1]}"),
             listener("imaps", "imap", "implicit", MAIL.addr("imap")),
             listener("smtps", "smtp", "implicit", MAIL.addr("submission")),
@@ -143,7 +149,7 @@ def tearDownModule():
         if PROXY is not None:
             PROXY.stop()     # its complaint (exit status, sanitizer report) after the cleanup
     finally:
-        for backend in (ECHO, TAILER):
+        for backend in (ECHO, TAILER, SOURCE):
             if backend is not None:
                 backend.stop()
         if HTTPD is not None:
@@ -212,6 +218,16 @@ def recv_exact(sock, n: int) -> bytes:
             raise EOFError(f"closed after {len(data)} of {n} bytes")
         data += chunk
     return data
+
+
+def kernel_buffer_max() -> int:
+    """The most two TCP connections in a row can hold in flight on this machine when their
+    buffers autotune: two send buffers and one receive buffer at their maxima (the client
+    fixes its own receive buffer at 4 KB)."""
+    def max_of(name: str) -> int:
+        with open(f"/proc/sys/net/ipv4/{name}") as f:
+            return int(f.read().split()[2])
+    return 2 * max_of("tcp_wmem") + max_of("tcp_rmem") + 2 * 4096
 
 
 def token() -> str:
@@ -495,6 +511,34 @@ class PythonSsl(Base):
             s.close()
         (line,) = self.carried("echo")
         self.assertEqual(field(line, "down"), str(len(sent)))
+
+    def test_slow_reader_holds_the_backend_back(self):
+        """The backend writes without end and the client reads nothing: the records sealed
+        for it must not pile up in the proxy, which stops reading the backend until the
+        client reads again (flow.c), on the record layer's write path as on OpenSSL's."""
+        raw = socket.create_connection(("127.0.0.1", PORTS["source"]), timeout=T)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s = tls13_only().wrap_socket(raw, server_hostname=SNI)
+        try:
+            s.sendall(b"go")
+            before = SOURCE.sent
+            deadline = time.monotonic() + 20 * SLOW
+            while True:                                  # until the backend stalls
+                sent = SOURCE.sent
+                time.sleep(0.3 * SLOW)
+                if SOURCE.sent == sent:
+                    break
+                self.assertLess(time.monotonic(), deadline,
+                                f"the backend never stalled: {SOURCE.sent - before} bytes")
+            # What the kernel may hold (the backend's send buffer and the proxy's receive
+            # buffer on one side, the proxy's send buffer and the client's 4 KB on the other)
+            # and the proxy's bounded queues (about 1 MB, flow.c): not more.
+            self.assertLess(sent - before, kernel_buffer_max() + 2 * 1024 * 1024)
+            # Reading again lets the stream go on, intact.
+            self.assertEqual(recv_exact(s, 256 * 1024), b"x" * (256 * 1024))
+        finally:
+            s.close()
+        self.carried("source", outcome=None)
 
     def test_close_notify_both_ways(self):
         """The client's close_notify ends the upload; the backend then closes, and the proxy
@@ -886,7 +930,7 @@ class OffloadOff(Base):
         tmp = tempfile.mkdtemp(prefix="off-", dir=TMP)
         port, admin = free_port(), free_port()
         self.proc = start_proxy(config(
-            [listener_entry("echo", port, "imap", "implicit", ECHO.addr)],
+            [listener_entry("echo", port, "http", "implicit", ECHO.addr)],
             f'admin = "127.0.0.1:{admin}";', tls_extra="offload = false;"), tmp, [port, admin], 1)
         self.addCleanup(self.proc.stop)
         self.admin = admin
