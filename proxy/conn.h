@@ -64,7 +64,7 @@ struct conn {
 
     SSL *ssl;                          /* NULL until the TLS phase, and again once offloaded */
     struct tls_offload *offload;       /* TLS 1.3 carried by tls13/ after the handshake */
-    struct tls13_secrets *secrets;     /* during the handshake: for the offload */
+    struct tls_handover *handover;     /* during the handshake: what the offload will need */
     struct buf *cin;                   /* bytes read from the client, not yet consumed */
     struct buf *bin;                   /* STARTTLS/greeting phase: backend bytes not yet consumed */
     /* Bytes for the client (ciphertext once TLS is up) and for the backend, not yet submitted:

@@ -31,6 +31,7 @@ static int bio_read(BIO *bio, char *out, int len)
     uint32_t n = buf_unread(b) < (uint32_t)len ? buf_unread(b) : (uint32_t)len;
     memcpy(out, b->data + b->off, n);
     b->off += n;
+    tls_offload_saw_read(c);
     return (int)n;
 }
 
@@ -38,6 +39,7 @@ static int bio_write(BIO *bio, const char *in, int len)
 {
     struct conn *c = BIO_get_data(bio);
     BIO_clear_retry_flags(bio);
+    tls_offload_saw_write(c, in, (size_t)len);
     size_t left = (size_t)len;
     while (left) {
         if (!c->cout && !(c->cout = buf_get()))

@@ -22,6 +22,7 @@
 #include "proxy/conn.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "tls13/frames.h"
 #include "tls13/record.h"
 
 struct tls_offload {
@@ -33,16 +34,45 @@ struct tls_offload {
     bool close_notify_sent;
 };
 
-/* ---- during the handshake: the secrets ---- */
+/* ---- during the handshake: what the hand-over will need ---- */
+
+struct tls_handover {
+    struct tls13_secrets secrets;
+    /* The records OpenSSL writes under the server's application key — its session tickets, and
+     * anything written before the relay — counted from the moment that key is in use (its
+     * secret is logged right after the server's Finished has been written): the count is our
+     * first write sequence number, which OpenSSL 3.0 has no call to tell. */
+    struct tls13_frames written;
+    bool counting;
+    /* OpenSSL read bytes after the handshake: records under the client's key whose count (and
+     * any KeyUpdate among them) only OpenSSL knows, so the session stays with it. */
+    bool read_past_handshake;
+};
+
+static const char server_secret_label[] = "SERVER_TRAFFIC_SECRET_0 ";
 
 static void keylog(const SSL *ssl, const char *line)
 {
     struct conn *c = SSL_get_app_data(ssl);
     if (!c)
         return;
-    if (!c->secrets && !(c->secrets = calloc(1, sizeof *c->secrets)))
+    if (!c->handover && !(c->handover = calloc(1, sizeof *c->handover)))
         return; /* no offload for this one: it stays on OpenSSL */
-    tls13_keylog_line(c->secrets, line);
+    if (tls13_keylog_line(&c->handover->secrets, line) == 1 &&
+        strncmp(line, server_secret_label, sizeof server_secret_label - 1) == 0)
+        c->handover->counting = true;
+}
+
+void tls_offload_saw_write(struct conn *c, const char *data, size_t len)
+{
+    if (c->handover && c->handover->counting)
+        tls13_frames_feed(&c->handover->written, (const uint8_t *)data, len);
+}
+
+void tls_offload_saw_read(struct conn *c)
+{
+    if (c->handover && SSL_is_init_finished(c->ssl))
+        c->handover->read_past_handshake = true;
 }
 
 void tls_offload_install(SSL_CTX *ctx, bool enabled)
@@ -53,10 +83,10 @@ void tls_offload_install(SSL_CTX *ctx, bool enabled)
 
 void tls_offload_forget_secrets(struct conn *c)
 {
-    if (c->secrets) {
-        OPENSSL_cleanse(c->secrets, sizeof *c->secrets);
-        free(c->secrets);
-        c->secrets = NULL;
+    if (c->handover) {
+        OPENSSL_cleanse(c->handover, sizeof *c->handover);
+        free(c->handover);
+        c->handover = NULL;
     }
 }
 
@@ -65,9 +95,11 @@ void tls_offload_forget_secrets(struct conn *c)
 /* The AEAD tls13/ would carry C's session with, or false when it stays on OpenSSL. */
 static bool can_offload(struct conn *c, enum tls13_aead *aead)
 {
-    const struct tls13_secrets *s = c->secrets;
+    const struct tls_handover *h = c->handover;
     const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
-    return s && s->client_len && s->server_len && SSL_version(c->ssl) == TLS1_3_VERSION &&
+    return h && h->secrets.client_len && h->secrets.server_len && h->counting &&
+           tls13_frames_at_boundary(&h->written) && !h->read_past_handshake &&
+           SSL_version(c->ssl) == TLS1_3_VERSION &&
            SSL_get_early_data_status(c->ssl) != SSL_EARLY_DATA_ACCEPTED &&
            !SSL_has_pending(c->ssl) && cipher &&
            tls13_aead_of_suite((uint16_t)(SSL_CIPHER_get_id(cipher) & 0xFFFF), aead);
@@ -78,7 +110,7 @@ void tls_offload_begin(struct conn *c)
     enum tls13_aead aead;
     struct tls_offload *o = NULL;
     if (!c->ssl || !can_offload(c, &aead) || !(o = calloc(1, sizeof *o)) ||
-        tls13_init(&o->rl, aead, c->secrets) < 0) {
+        tls13_init(&o->rl, aead, &c->handover->secrets) < 0) {
         if (o) {
             tls13_free(&o->rl);
             free(o);
@@ -87,6 +119,7 @@ void tls_offload_begin(struct conn *c)
         metrics_tls_carried(c, false);
         return;
     }
+    o->rl.wr.seq = c->handover->written.records;
     tls_offload_forget_secrets(c);
     o->choice = cs_choice_take(c->ssl);
     if ((o->cert = SSL_get_certificate(c->ssl)))

@@ -19,6 +19,9 @@ void tls_offload_begin(struct conn *c);
 /* Releases the record layer and the secrets gathered during the handshake (conn_free). */
 void tls_offload_free(struct conn *c);
 void tls_offload_forget_secrets(struct conn *c);
+/* The connection's BIO saw OpenSSL write LEN bytes / read some bytes. */
+void tls_offload_saw_write(struct conn *c, const char *data, size_t len);
+void tls_offload_saw_read(struct conn *c);
 
 void tls_offload_client_input(struct conn *c);
 int tls_offload_encrypt(struct conn *c, const char *data, size_t len);

@@ -11,8 +11,9 @@
  * what is left over is less than one whole record, an error names a known alert and the
  * connection then takes nothing more, EOF comes from close_notify, and the same stream gives
  * the same outcome — status, alert, plaintext, KeyUpdate owed — whether it arrives as the
- * program built it, all at once, or one byte at a time. When the connection is still open, an
- * owed KeyUpdate and a data record from us read back at a mirrored client.
+ * program built it, all at once, or one byte at a time. What we send next reads back at a
+ * mirrored client: an owed KeyUpdate and data while the connection is open, the alert after an
+ * error.
  *
  * clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -I. tests/fuzz/fuzz_tls13.c \
  *     tls13/record.c tls13/keys.c -lcrypto -o /tmp/fuzz_tls13 && /tmp/fuzz_tls13 \
@@ -163,18 +164,26 @@ static bool same_outcome(const struct reader *a, const struct reader *b)
            (a->st != TLS13_OK || a->t.rd.seq == b->t.rd.seq);
 }
 
-/* With the connection still open, our answer (the owed KeyUpdate, then data) must read back at
- * the client's side. */
+/* Our answer must read back at the client's side: with the connection still open, the owed
+ * KeyUpdate then data; after an error of the client's making, the alert it names. */
 static void answer(struct reader *r, enum tls13_aead aead)
 {
     static uint8_t out[TLS13_SEAL_MAX];
     struct tls13_secrets m = secrets(aead, true);
     struct tls13_conn cli;
+    size_t consumed, plain;
     if (tls13_init(&cli, aead, &m) != 0)
         abort();
+    if (r->st == TLS13_ERROR) {
+        if (tls13_seal_alert(&r->t, r->t.alert, out) != TLS13_ALERT_RECORD ||
+            tls13_open(&cli, out, TLS13_ALERT_RECORD, &consumed, &plain) != TLS13_ERROR ||
+            cli.peer_alert != r->t.alert)
+            abort();
+        tls13_free(&cli);
+        return;
+    }
     bool owed = tls13_owes_output(&r->t);
     int w = tls13_seal_record(&r->t, (const uint8_t *)"ok", 2, out);
-    size_t consumed, plain;
     if (w != (owed ? TLS13_RECORD_OVERHEAD + 5 : 0) + TLS13_RECORD_OVERHEAD + 2 ||
         tls13_owes_output(&r->t) ||
         tls13_open(&cli, out, (size_t)w, &consumed, &plain) != TLS13_OK || plain != 2 ||
@@ -258,7 +267,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         reader_feed(&bytes, stream + i, 1);
     if (!same_outcome(&built, &once) || !same_outcome(&built, &bytes))
         abort();
-    if (built.st == TLS13_OK)
+    if (built.st == TLS13_OK || (built.st == TLS13_ERROR && built.t.peer_alert < 0))
         answer(&built, aead);
 
     reader_free(&built);
