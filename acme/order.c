@@ -17,7 +17,7 @@
 #include "acme/internal.h"
 
 #define NONCE_RETRIES 5
-#define POLL_LIMIT 120                    /* seconds an authorization or order may stay pending */
+#define POLL_LIMIT_MS 120000              /* an authorization or order may stay pending this long */
 
 struct acme_client {
     const struct acme_settings *s;
@@ -101,15 +101,39 @@ static void fail_http(struct acme_result *res, const char *what, const struct ac
         res->rate_limited = true;
 }
 
-static bool sleep_or_stop(struct acme_client *c, long seconds)
+/* Sleeps MS milliseconds in slices of at most 100, so that a stop is seen soon. */
+static bool sleep_or_stop(struct acme_client *c, long ms)
 {
-    for (long i = 0; i < seconds * 10; i++) {
+    while (ms > 0) {
         if (*c->stop)
             return false;
-        struct timespec ts = { 0, 100 * 1000 * 1000 };
+        long slice = ms < 100 ? ms : 100;
+        struct timespec ts = { 0, slice * 1000 * 1000 };
         nanosleep(&ts, NULL);
+        ms -= slice;
     }
     return !*c->stop;
+}
+
+/* Before the next look at something pending: false (with RES filled in) when the look would
+ * come after the limit, or the thread is stopping. *WAITED adds up the sleeps. A Retry-After
+ * that points past the limit becomes the domain's back-off. */
+static bool poll_pause(struct acme_client *c, const char *what, unsigned attempt, long retry_after,
+                       long *waited, struct acme_result *res)
+{
+    long ms = acme_poll_delay_ms(attempt, retry_after);
+    if (*waited + ms > POLL_LIMIT_MS) {
+        fail(res, "%s still pending after %ld s", what, (*waited + 999) / 1000);
+        if (retry_after > 0)
+            res->retry_after = retry_after;
+        return false;
+    }
+    if (!sleep_or_stop(c, ms)) {
+        fail(res, "stopping");
+        return false;
+    }
+    *waited += ms;
+    return true;
 }
 
 static char *dup_member(json_t *o, const char *key)
@@ -268,11 +292,6 @@ static json_t *body_json(const struct acme_http *h)
     return h->body ? json_loadb(h->body, h->body_len, 0, NULL) : NULL;
 }
 
-static long poll_wait(const struct acme_http *h)
-{
-    return h->retry_after > 0 ? (h->retry_after > 10 ? 10 : h->retry_after) : 1;
-}
-
 static bool challenge_pick(struct acme_client *c, json_t *challenges, json_t **out,
                            enum conf_acme_challenge *type)
 {
@@ -349,25 +368,21 @@ static int authorize(struct acme_client *c, const char *url, struct acme_result 
         fail_http(res, tname, &h);
         rc = -EIO;
     }
-    long waited = 0, wait = poll_wait(&h);
+    long waited = 0, retry_after = h.retry_after;
+    unsigned attempt = 0;
     acme_http_clear(&h);
+    char what[300];
+    snprintf(what, sizeof what, "%s: authorization", id);
     while (rc == 0) {
-        if (waited >= POLL_LIMIT) {
-            fail(res, "%s: authorization still pending after %d s", id, POLL_LIMIT);
-            rc = -ETIMEDOUT;
+        if (!poll_pause(c, what, attempt++, retry_after, &waited, res)) {
+            rc = *c->stop ? -ECANCELED : -ETIMEDOUT;
             break;
         }
-        if (!sleep_or_stop(c, wait)) {
-            fail(res, "stopping");
-            rc = -ECANCELED;
-            break;
-        }
-        waited += wait;
         if ((rc = post(c, url, "", true, NULL, &h, res)) < 0)
             break;
         json_t *a = body_json(&h);
         const char *st = json_string_value(json_object_get(a, "status"));
-        wait = poll_wait(&h);
+        retry_after = h.retry_after;
         if (h.status != 200 || !st) {
             fail_http(res, "authorization", &h);
             rc = -EIO;
@@ -479,12 +494,11 @@ static json_t *poll_order(struct acme_client *c, const char *url, const char *un
 {
     struct acme_http h = { 0 };
     long waited = 0;
-    for (;;) {
+    for (unsigned attempt = 0;; attempt++) {
         if (post(c, url, "", true, NULL, &h, res) < 0)
             return NULL;
         json_t *o = body_json(&h);
         const char *st = json_string_value(json_object_get(o, "status"));
-        long wait = poll_wait(&h);
         if (h.status != 200 || !st) {
             fail_http(res, "order", &h);
         } else if (strcmp(st, until) == 0) {
@@ -492,15 +506,15 @@ static json_t *poll_order(struct acme_client *c, const char *url, const char *un
             return o;
         } else if (strcmp(st, "invalid") == 0) {
             fail(res, "order became invalid");
-        } else if (waited >= POLL_LIMIT) {
-            fail(res, "order still %s after %d s", st, POLL_LIMIT);
-        } else if (sleep_or_stop(c, wait)) {
-            waited += wait;
+        } else {
+            char what[64];
+            snprintf(what, sizeof what, "order (%.20s)", st);
+            long retry_after = h.retry_after;
             json_decref(o);
             acme_http_clear(&h);
-            continue;
-        } else {
-            fail(res, "stopping");
+            if (poll_pause(c, what, attempt, retry_after, &waited, res))
+                continue;
+            return NULL;
         }
         json_decref(o);
         acme_http_clear(&h);

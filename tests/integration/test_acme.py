@@ -254,20 +254,25 @@ class CaFaults(unittest.TestCase):
 
     def test_rate_limited(self):
         # A 429 with Retry-After: that wait, not the back-off, and every domain waits with it.
+        # Up to four orders run at once, so those already in flight meet the 429 too; the
+        # other domains are not even tried until the wait is over.
         ca = FakeCA(b'{"type": "urn:ietf:params:acme:error:rateLimited", "detail": "slow down"}',
                     status=429, headers={"Retry-After": "4"})
         d = tempfile.mkdtemp(prefix="f-", dir=TMP)
         port = free_port()
+        domains = [f"d{i}.test" for i in range(8)]
         p = MailsnidProcess(config(listen=f"127.0.0.1:{port}", backend=free_port(), admin=free_port(),
                                    directory=f"https://localhost:{ca.port}/dir",
-                                   storage=os.path.join(d, "acme"), domains=["alpha.test", "beta.test"]), d)
+                                   storage=os.path.join(d, "acme"), domains=domains), d)
         p.start([port])
         try:
             first = p.wait_log(r"acme: \S+: order failed", timeout=10)[0]
             self.assertRegex(first, r"next in 4 s\): directory: HTTP 429 rateLimited: slow down$")
             time.sleep(2.5)
-            self.assertEqual(len(re.findall(r"order failed", p.log())), 1)
-            p.wait_log(r"acme: \S+: order failed", count=2, timeout=10)
+            failed = re.findall(r"acme: (\S+): order failed.*", p.log())
+            self.assertLessEqual(len(failed), 4)
+            self.assertEqual(len(re.findall(r"order failed.*next in 4 s", p.log())), len(failed))
+            p.wait_log(r"acme: \S+: order failed", count=len(failed) + 1, timeout=10)
         finally:
             self.assertEqual(p.stop(), 0)
             ca.stop()
@@ -421,15 +426,17 @@ class Acme(unittest.TestCase):
         self.assertIn(("DNS", "mail.hoster.test"), info["subjectAltName"])
 
     def test_pace(self):
-        # One new order per hour: the second domain waits for the budget, and says so.
+        # One new order per hour: whichever domain takes it, the other waits for the budget.
         p = self.start(["alpha.test", "beta.test"], extra="pace_orders = 1; pace_window = 3600;")
-        wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+        first = p.wait_log(r"acme: \S+: certificate issued", timeout=60)[0]
+        done, waiting = ("alpha", "beta") if "alpha.test" in first else ("beta", "alpha")
+        wait_issued("127.0.0.1", self.port, f"mail.{done}.test", self.pebble.root)
         time.sleep(3 * SLOW)
         self.assertEqual(self.pebble.log().count("Added order "), 1)
-        self.assertNotIn("beta.test: ordering", p.log())
+        self.assertNotIn(f"{waiting}.test: ordering", p.log())
         out = self.certs_output(p)
-        self.assertRegex(out, r"(?m)^mail\.beta\.test acme pending$")
-        self.assertRegex(out, r"(?m)^mail\.alpha\.test acme valid until ")
+        self.assertRegex(out, rf"(?m)^mail\.{waiting}\.test acme pending$")
+        self.assertRegex(out, rf"(?m)^mail\.{done}\.test acme valid until ")
 
     def test_renewal(self):
         # Pebble's certificates last about five years: a window of ten makes each due at once.
@@ -459,7 +466,9 @@ class Acme(unittest.TestCase):
                 wait_issued(host, self.port, f"mail.{d}", self.pebble.root)
         issued = re.findall(r"acme: (\S+): certificate issued", p1.log() + p2.log())
         self.assertEqual(sorted(issued), domains)
-        self.assertEqual(self.pebble.log().count("Added order "), 4)
+        # One certificate per domain. (Orders may be more: one placed before the other
+        # instance listens fails its validation and is tried again.)
+        self.assertEqual(self.pebble.log().count("Issued certificate serial"), 4)
         by_one = set(re.findall(r"acme: (\S+): certificate issued", p1.log()))
         answered_by_two = set(re.findall(r"answering a tls-alpn-01 validation for mail\.(\S+)", p2.log()))
         self.assertTrue(by_one & answered_by_two, (by_one, answered_by_two))

@@ -333,8 +333,47 @@ static void test_storage(void)
     EVP_PKEY_free(k);
 }
 
+/* How long to wait: polls start soon and double to two seconds, never before Retry-After;
+ * back-off doubles to its cap unless the CA asks for longer; the budget refills with time. */
+static void test_pace(void)
+{
+    CHECK(acme_poll_delay_ms(0, -1) == 50);
+    CHECK(acme_poll_delay_ms(1, -1) == 100);
+    CHECK(acme_poll_delay_ms(5, -1) == 1600);
+    CHECK(acme_poll_delay_ms(6, -1) == 2000);
+    CHECK(acme_poll_delay_ms(400, -1) == 2000);
+    CHECK(acme_poll_delay_ms(0, 3) == 3000);     /* Retry-After wins when longer */
+    CHECK(acme_poll_delay_ms(9, 1) == 2000);
+    CHECK(acme_poll_delay_ms(0, 0) == 50);
+    CHECK(acme_poll_delay_ms(0, 86400) == 86400000L);
+
+    CHECK(acme_backoff_s(0, 60, 86400, -1) == 60);
+    CHECK(acme_backoff_s(1, 60, 86400, -1) == 120);
+    CHECK(acme_backoff_s(10, 60, 86400, -1) == 61440);
+    CHECK(acme_backoff_s(11, 60, 86400, -1) == 86400);
+    CHECK(acme_backoff_s(4000000000u, 60, 86400, -1) == 86400);   /* no shift overflow */
+    CHECK(acme_backoff_s(0, 60, 86400, 600) == 600);
+    CHECK(acme_backoff_s(3, 60, 86400, 5) == 480);
+
+    /* 2 per 8 s, starting full: two now, the third when a token has grown back (4 s). */
+    struct acme_bucket b = { .tokens = 2, .at = 1000 };
+    time_t when = 0;
+    CHECK(acme_bucket_take(&b, 2, 8, 1000, &when));
+    CHECK(acme_bucket_take(&b, 2, 8, 1000, &when));
+    CHECK(!acme_bucket_take(&b, 2, 8, 1000, &when) && when == 1005);
+    CHECK(!acme_bucket_take(&b, 2, 8, 1002, &when) && when == 1005);
+    CHECK(acme_bucket_take(&b, 2, 8, 1004, &when));
+    /* A long pause refills to the cap, not beyond. */
+    CHECK(acme_bucket_take(&b, 2, 8, 5000, &when));
+    CHECK(acme_bucket_take(&b, 2, 8, 5000, &when));
+    CHECK(!acme_bucket_take(&b, 2, 8, 5000, &when));
+    /* A clock that steps back takes nothing away and gives nothing. */
+    CHECK(!acme_bucket_take(&b, 2, 8, 4000, &when));
+}
+
 int main(void)
 {
+    test_pace();
     snprintf(tmp, sizeof tmp, "/tmp/acme-test-XXXXXX");
     if (!mkdtemp(tmp)) {
         perror("mkdtemp");
