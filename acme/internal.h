@@ -124,7 +124,11 @@ void acme_challenge_remove(const char *storage, const char *type, const char *ke
 /* ---- order.c ---- */
 
 struct acme_client;
-struct acme_client *acme_client_new(const struct acme_settings *s, const volatile bool *stop);
+typedef void acme_log_fn(enum conf_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* LOG (may be NULL) hears about the account: registered, or its key put aside. */
+struct acme_client *acme_client_new(const struct acme_settings *s, const volatile bool *stop,
+                                    acme_log_fn *log);
 /* New settings for the same CA and storage (a reload): S replaces the client's, which may go. */
 void acme_client_settings(struct acme_client *c, const struct acme_settings *s);
 void acme_client_free(struct acme_client *c);

@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/x509.h>
@@ -28,6 +29,7 @@
 #include "acme/internal.h"
 
 #define ORDER_THREADS 4                   /* orders in flight at most (per process) */
+#define ACME_NICE 10
 #define LOCK_STALE 600                    /* seconds: an order never takes this long */
 #define LOCK_BUSY_RETRY 3                 /* seconds before looking again at a locked domain */
 
@@ -276,6 +278,25 @@ static void make_names(struct acme *m, const char *domain, char ***out, size_t *
             (*n)++;
 }
 
+/* An attempt for D failed with ERROR: logged, shown by --certs, counted, and D waits its
+ * back-off (every domain waits when the CA said 429). */
+static void failed(struct acme *m, struct dom *d, time_t now, const char *error, long retry_after,
+                   bool rate_limited)
+{
+    atomic_fetch_add(&orders_failed, 1);
+    char line[700];
+    snprintf(line, sizeof line, "failing: %s", error);
+    acme_status_write(m->s->storage, d->name, line);
+    unsigned long wait = acme_backoff_s(d->failures, m->s->backoff_min_s, m->s->backoff_max_s,
+                                        retry_after);
+    if (rate_limited)
+        pause_all(m, now + (time_t)wait);
+    d->failures++;
+    d->next = time(NULL) + (time_t)wait;
+    m->hooks.log(CONF_LOG_WARNING, "acme: %s: order failed (attempt %u, next in %lu s): %s",
+                 d->name, d->failures, wait, error);
+}
+
 /* One due domain, on an order thread, outside the lock: the domain entry is this thread's
  * until it returns. */
 static void process(struct acme *m, struct acme_client *client, struct dom *d, time_t now)
@@ -299,8 +320,10 @@ static void process(struct acme *m, struct acme_client *client, struct dom *d, t
         return;
     }
     if (rc < 0) {
-        m->hooks.log(CONF_LOG_ERR, "acme: %s: cannot lock in %s: %s", d->name, m->s->storage, strerror(-rc));
-        d->next = now + m->s->backoff_min_s;
+        /* Storage that cannot be written (full, read-only): a failed attempt like any other. */
+        char error[600];
+        snprintf(error, sizeof error, "cannot lock in %s: %s", m->s->storage, strerror(-rc));
+        failed(m, d, now, error, -1, false);
         return;
     }
     /* Under the lock, look again: another instance may have just finished. */
@@ -338,18 +361,7 @@ static void process(struct acme *m, struct acme_client *client, struct dom *d, t
             d->next = due > now ? due : now + m->s->backoff_min_s;
             m->hooks.issued(m->hooks.arg, d->name);
         } else if (!m->stop) {
-            atomic_fetch_add(&orders_failed, 1);
-            char line[600];
-            snprintf(line, sizeof line, "failing: %s", res.error);
-            acme_status_write(m->s->storage, d->name, line);
-            unsigned long wait = acme_backoff_s(d->failures, m->s->backoff_min_s,
-                                                m->s->backoff_max_s, res.retry_after);
-            if (res.rate_limited)
-                pause_all(m, now + (time_t)wait);
-            d->failures++;
-            d->next = time(NULL) + (time_t)wait;
-            m->hooks.log(CONF_LOG_WARNING, "acme: %s: order failed (attempt %u, next in %lu s): %s",
-                         d->name, d->failures, wait, res.error);
+            failed(m, d, now, res.error, res.retry_after, res.rate_limited);
         }
     }
     X509_free(cert);
@@ -388,6 +400,9 @@ static void *run(void *arg)
     struct worker *w = arg;
     struct acme *m = w->m;
     pthread_setname_np(pthread_self(), "mailsnid-acme");   /* top -H, and bench/acme */
+    /* The CPU an order needs (a key, signatures, TLS to the CA) can wait; a handshake on the
+     * same core cannot: nice 10 gives the workers about nine tenths of a contended core. */
+    setpriority(PRIO_PROCESS, (id_t)gettid(), ACME_NICE);
     pthread_mutex_lock(&m->lock);
     for (;;) {
         if (m->stop)
@@ -408,7 +423,7 @@ static void *run(void *arg)
             w->client = NULL;
         }
         if (!w->client) {
-            if (!(w->client = acme_client_new(m->s, &m->stop))) {
+            if (!(w->client = acme_client_new(m->s, &m->stop, m->hooks.log))) {
                 m->hooks.log(CONF_LOG_ERR, "acme: cannot set up the HTTPS client");
                 wait_until(m, time(NULL) + 60);
                 continue;

@@ -6,7 +6,10 @@
  * generation. A reload costs O(every pair on disk) — 0.1 s at 10,000 — and would run back to
  * back while thousands of domains onboard; the update costs an index rebuild in memory. It takes
  * its turn in the same queue, so a reload and an update never build from the same snapshot and
- * undo each other; the domains that arrive meanwhile wait and go together in the next one. */
+ * undo each other; the domains that arrive meanwhile wait and go together in the next one.
+ * Updates also keep a gap of UPDATE_GAP times the last one's duration, so that while thousands
+ * of domains onboard they take at most a twentieth of a core (at 10,000 pairs an update takes
+ * ~15 ms: a new pair waits a third of a second more, and costs ~8 times less). */
 #include "proxy/reload.h"
 
 #include <stdlib.h>
@@ -24,6 +27,8 @@
 #include "proxy/upgrade.h"
 #include "proxy/watch.h"
 
+#define UPDATE_GAP 19
+
 struct reload {
     struct server *srv;
     uv_work_t work;
@@ -34,6 +39,8 @@ struct reload {
      * from STORAGE. */
     char **waiting, **reading, *storage;
     size_t n_waiting, cap_waiting, n_reading;
+    uv_timer_t gap;                       /* until the next update may start */
+    uint64_t update_after;                /* loop time (ms) */
     /* Results of the build, handed from the pool thread to the control loop. */
     struct conf *conf;
     struct cs_store *store;
@@ -49,6 +56,8 @@ int reload_start(struct server *srv)
     if (!srv->reload)
         return -1;
     srv->reload->srv = srv;
+    uv_timer_init(srv->loop, &srv->reload->gap);
+    srv->reload->gap.data = srv->reload;
     return 0;
 }
 
@@ -59,24 +68,32 @@ static void free_names(char **names, size_t n)
     free(names);
 }
 
-static void reload_free(struct reload *r)
+static void on_gap_closed(uv_handle_t *handle)
 {
+    struct reload *r = handle->data;
     free_names(r->waiting, r->n_waiting);
     free_names(r->reading, r->n_reading);
     free(r->storage);
     free(r);
 }
 
+/* Detaches R from the server and frees it once its timer is closed. */
+static void reload_free(struct reload *r)
+{
+    r->srv->reload = NULL;
+    uv_close((uv_handle_t *)&r->gap, on_gap_closed);
+}
+
 void reload_stop(struct server *srv)
 {
     if (!srv->reload)
         return;
+    uv_timer_stop(&srv->reload->gap);
     if (srv->reload->running) {
         srv->reload->stopping = true; /* freed when the build returns */
         return;
     }
     reload_free(srv->reload);
-    srv->reload = NULL;
 }
 
 static double now_seconds(void)
@@ -145,7 +162,6 @@ static void after_build(struct reload *r, bool was_reload)
     struct server *srv = r->srv;
     if (r->stopping) {
         reload_free(r);
-        srv->reload = NULL;
         return;
     }
     if (r->again) {
@@ -281,6 +297,7 @@ static void update_finish(uv_work_t *work, int status)
     struct reload *r = work->data;
     struct server *srv = r->srv;
     r->running = r->updating = false;
+    r->update_after = uv_now(srv->loop) + (uint64_t)(r->seconds * 1000 * UPDATE_GAP);
     if (status == 0 && !r->stopping && r->store &&
         !atomic_load(&srv->unhealthy) && !upgrade_pending(srv)) {
         struct cs_stats st;
@@ -315,12 +332,24 @@ static void update_finish(uv_work_t *work, int status)
     after_build(r, false);
 }
 
-/* Starts an update for the waiting domains, when there are some and nothing else runs. */
+static void on_gap(uv_timer_t *t)
+{
+    update_start(t->data);
+}
+
+/* Starts an update for the waiting domains, when there are some, nothing else runs and the
+ * gap after the last one is over (else when it is). */
 static void update_start(struct reload *r)
 {
     struct server *srv = r->srv;
     if (r->running || r->stopping || !r->n_waiting)
         return;
+    uint64_t now = uv_now(srv->loop);
+    if (now < r->update_after) {
+        if (!uv_is_active((uv_handle_t *)&r->gap))
+            uv_timer_start(&r->gap, on_gap, r->update_after - now, 0);
+        return;
+    }
     if (atomic_load(&srv->unhealthy) || upgrade_pending(srv) || !srv->conf->acme.enabled ||
         !srv->conf->acme.storage || !(r->storage = strdup(srv->conf->acme.storage))) {
         free_names(r->waiting, r->n_waiting);

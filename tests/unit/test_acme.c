@@ -7,6 +7,8 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <utime.h>
@@ -327,6 +329,30 @@ static void test_storage(void)
     CHECK(back && X509_cmp(back, x) == 0);
     X509_free(back);
     CHECK(acme_stored_cert(storage, "beta.test") == NULL);
+
+    /* A write that fails half-way (here a file size limit: the key fits, the chain does not;
+     * a full disk does the same): an error with its errno, the pair in service untouched, and
+     * nothing half-written left in storage. */
+    char padded[8192];
+    memset(padded, '#', sizeof padded);
+    memcpy(padded, cp, (size_t)cl);
+    struct rlimit was, small = { 4096, 4096 };
+    getrlimit(RLIMIT_FSIZE, &was);
+    small.rlim_max = was.rlim_max;
+    signal(SIGXFSZ, SIG_IGN);
+    CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0);
+    CHECK(acme_store_pair(storage, "alpha.test", padded, sizeof padded, kp, (size_t)kl) == -EFBIG);
+    CHECK(acme_store_pair(storage, "beta.test", padded, sizeof padded, kp, (size_t)kl) == -EFBIG);
+    setrlimit(RLIMIT_FSIZE, &was);
+    signal(SIGXFSZ, SIG_DFL);
+    snprintf(path, sizeof path, "%s/certs/alpha.test", storage);
+    CHECK(realpath(path, first) != NULL && strcmp(first, second) == 0);
+    CHECK(acme_stored_cert(storage, "beta.test") == NULL);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "test \"$(ls -A %s/archive)\" = \"$(basename %s)\" && "
+             "test -z \"$(find %s -name '*.tmp*' -o -name '.*' -path '*/certs/*')\"", storage,
+             second, storage);
+    CHECK(system(cmd) == 0);
     BIO_free(cb);
     BIO_free(kb);
     X509_free(x);
