@@ -271,7 +271,8 @@ static bool saved_account(struct acme_client *c)
 }
 
 /* newAccount with the key (RFC 8555 7.3). Returns 0 with c->kid set, -EACCES when the CA
- * refuses the key itself (401/403: its account is deactivated or revoked), or another error. */
+ * refuses the key itself (401/403 unauthorized: its account is deactivated or revoked), or
+ * another error. */
 static int register_account(struct acme_client *c, struct acme_result *res)
 {
     char path[4200];
@@ -298,7 +299,10 @@ static int register_account(struct acme_client *c, struct acme_result *res)
         rc = c->kid ? 0 : -ENOMEM;
     } else if (rc == 0) {
         fail_http(res, "newAccount", &h);
-        rc = h.status == 401 || h.status == 403 ? -EACCES : -EIO;
+        /* Only "unauthorized" says the key is refused: externalAccountRequired, badPublicKey
+         * and the like would be refused again with any key. */
+        rc = (h.status == 401 || h.status == 403) && strstr(res->error, " unauthorized") ? -EACCES
+                                                                                        : -EIO;
     }
     acme_http_clear(&h);
     return rc;

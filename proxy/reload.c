@@ -9,8 +9,8 @@
  * undo each other; the domains that arrive meanwhile wait and go together in the next one.
  * Updates also keep a gap of UPDATE_GAP times the last one's duration, so that while thousands
  * of domains onboard they take at most a hundredth of the core they share with the workers,
- * too little to show in the handshakes' p99 (at 10,000 pairs an update takes ~10 ms: a new pair
- * waits up to a second more, and the domains issued meanwhile go together). */
+ * too little to show in the handshakes' p99 (at 10,000 pairs an update takes 10-20 ms: a new
+ * pair waits a second or two more, and the domains issued meanwhile go together). */
 #include "proxy/reload.h"
 
 #include <stdlib.h>
