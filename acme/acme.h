@@ -1,10 +1,10 @@
 /* acme: certificates that come by themselves (SPEC.md, "ACME"; RFC 8555, 8737, 9773).
  *
- * One background thread per process orders, for each listed domain, one certificate covering
- * the acme.names patterns, and renews it. It never runs on an event loop: every request to the
- * CA blocks that thread only. What it obtains is written to acme.storage as
+ * A few background threads per process order, for each listed domain, one certificate covering
+ * the acme.names patterns, and renew it. They never run on an event loop: every request to the
+ * CA blocks one of them only. What it obtains is written to acme.storage as
  * certs/DOMAIN/{fullchain,privkey}.pem; certstore loads that folder (below the operator's own
- * pairs) at every snapshot build, and the thread asks for such a build through the ISSUED
+ * pairs) at every snapshot build, and the threads name each new pair through the ISSUED
  * callback. Challenge answers are looked up through acme/challenge.h.
  *
  * Ownership: acme_start returns an object the caller frees with acme_stop (which joins the
@@ -30,11 +30,12 @@ struct acme_settings {
 
 struct acme;
 
-/* What the thread tells its host. ISSUED(ARG) runs on the ACME thread whenever a new pair lies
- * in storage (ordered here, or by another instance sharing it); it must only hand the news to
- * whoever rebuilds the certificate snapshot. LOG is the host's logger. */
+/* What the threads tell their host. ISSUED(ARG, DOMAIN) runs on an ACME thread (several may call
+ * it at once) whenever a new pair for DOMAIN lies in storage (ordered here, or by another
+ * instance sharing it); it must only hand the news to whoever updates the certificate snapshot,
+ * and copy DOMAIN if it keeps it. LOG is the host's logger, called from those threads too. */
 struct acme_hooks {
-    void (*issued)(void *arg);
+    void (*issued)(void *arg, const char *domain);
     void *arg;
     void (*log)(enum conf_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 };

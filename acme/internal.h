@@ -5,8 +5,8 @@
  * (libcurl: one request, its status, headers and body) · order.c (RFC 8555: account, order,
  * authorizations, finalize, download) · ari.c (RFC 9773 certificate ID and window) · storage.c
  * (atomic files, locks, the issued pairs, status lines) · challenge.c (challenge data in storage,
- * the TLS-ALPN-01 certificate, the HTTP-01 answer) · sched.c (the thread: who is due, pace,
- * back-off). */
+ * the TLS-ALPN-01 certificate, the HTTP-01 answer) · pace.c (how long to wait: polls, back-off,
+ * the new-order budget) · sched.c (the threads: who is due, who orders it). */
 #ifndef MAILSNID_ACME_INTERNAL_H
 #define MAILSNID_ACME_INTERNAL_H
 
@@ -33,6 +33,24 @@ long acme_parse_retry_after(const char *v, size_t len, time_t now);
 /* An RFC 3339 date-time ("2026-12-04T17:45:13Z", fraction and offset allowed) as UTC seconds.
  * Returns 0 and sets *out, or -EINVAL. */
 int acme_parse_rfc3339(const char *v, size_t len, time_t *out);
+
+/* ---- pace.c: pure functions of time ---- */
+
+/* Milliseconds before look number ATTEMPT (0 = the first) at a pending authorization or order:
+ * short at first, doubling up to two seconds, and never less than the CA's Retry-After
+ * (RETRY_AFTER_S, -1 when it sent none). */
+long acme_poll_delay_ms(unsigned attempt, long retry_after_s);
+/* Seconds before the next attempt for a domain that has failed FAILURES times before this
+ * failure: MIN_S doubling per failure up to MAX_S, or the CA's Retry-After when that is longer. */
+unsigned long acme_backoff_s(unsigned failures, unsigned min_s, unsigned max_s, long retry_after_s);
+/* The budget of new orders: PER_WINDOW per WINDOW_S seconds, refilled continuously. Takes one
+ * and returns true, or returns false and sets *WHEN to the second when one will be there. */
+struct acme_bucket {
+    double tokens;
+    time_t at;
+};
+bool acme_bucket_take(struct acme_bucket *b, unsigned per_window, unsigned window_s, time_t now,
+                      time_t *when);
 
 /* ---- jws.c ---- */
 
@@ -106,7 +124,11 @@ void acme_challenge_remove(const char *storage, const char *type, const char *ke
 /* ---- order.c ---- */
 
 struct acme_client;
-struct acme_client *acme_client_new(const struct acme_settings *s, const volatile bool *stop);
+typedef void acme_log_fn(enum conf_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* LOG (may be NULL) hears about the account: registered, or its key put aside. */
+struct acme_client *acme_client_new(const struct acme_settings *s, const volatile bool *stop,
+                                    acme_log_fn *log);
 /* New settings for the same CA and storage (a reload): S replaces the client's, which may go. */
 void acme_client_settings(struct acme_client *c, const struct acme_settings *s);
 void acme_client_free(struct acme_client *c);

@@ -17,11 +17,14 @@
 #include "acme/internal.h"
 
 #define NONCE_RETRIES 5
-#define POLL_LIMIT 120                    /* seconds an authorization or order may stay pending */
+#define POLL_LIMIT_MS 120000              /* an authorization or order may stay pending this long */
+#define ACCOUNT_LOCK ".account"           /* locks/.account.lock (no domain starts with a dot) */
+#define ACCOUNT_LOCK_WAIT 30              /* seconds: a registration never takes this long */
 
 struct acme_client {
     const struct acme_settings *s;
     const volatile bool *stop;
+    acme_log_fn *log;
     struct acme_net *net;
     EVP_PKEY *key;
     char thumb[64];
@@ -32,13 +35,15 @@ struct acme_client {
     unsigned long nonce_retries;          /* badNonce answers retried, for the log */
 };
 
-struct acme_client *acme_client_new(const struct acme_settings *s, const volatile bool *stop)
+struct acme_client *acme_client_new(const struct acme_settings *s, const volatile bool *stop,
+                                    acme_log_fn *log)
 {
     struct acme_client *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     c->s = s;
     c->stop = stop;
+    c->log = log;
     c->net = acme_net_new(s->ca_file, stop);
     if (!c->net) {
         free(c);
@@ -101,15 +106,39 @@ static void fail_http(struct acme_result *res, const char *what, const struct ac
         res->rate_limited = true;
 }
 
-static bool sleep_or_stop(struct acme_client *c, long seconds)
+/* Sleeps MS milliseconds in slices of at most 100, so that a stop is seen soon. */
+static bool sleep_or_stop(struct acme_client *c, long ms)
 {
-    for (long i = 0; i < seconds * 10; i++) {
+    while (ms > 0) {
         if (*c->stop)
             return false;
-        struct timespec ts = { 0, 100 * 1000 * 1000 };
+        long slice = ms < 100 ? ms : 100;
+        struct timespec ts = { 0, slice * 1000 * 1000 };
         nanosleep(&ts, NULL);
+        ms -= slice;
     }
     return !*c->stop;
+}
+
+/* Before the next look at something pending: false (with RES filled in) when the look would
+ * come after the limit, or the thread is stopping. *WAITED adds up the sleeps. A Retry-After
+ * that points past the limit becomes the domain's back-off. */
+static bool poll_pause(struct acme_client *c, const char *what, unsigned attempt, long retry_after,
+                       long *waited, struct acme_result *res)
+{
+    long ms = acme_poll_delay_ms(attempt, retry_after);
+    if (*waited + ms > POLL_LIMIT_MS) {
+        fail(res, "%s still pending after %ld s", what, (*waited + 999) / 1000);
+        if (retry_after > 0)
+            res->retry_after = retry_after;
+        return false;
+    }
+    if (!sleep_or_stop(c, ms)) {
+        fail(res, "stopping");
+        return false;
+    }
+    *waited += ms;
+    return true;
 }
 
 static char *dup_member(json_t *o, const char *key)
@@ -208,35 +237,45 @@ static int post(struct acme_client *c, const char *url, const char *payload, boo
     return -EAGAIN;
 }
 
-static int ensure_account(struct acme_client *c, struct acme_result *res)
+/* The account key (read from storage, made there when there is none) and its thumbprint. */
+static int load_key(struct acme_client *c, struct acme_result *res)
 {
-    char err[256], path[4200];
-    if (c->kid)
+    char err[256];
+    if (c->key)
         return 0;
+    c->key = acme_account_key(c->s->storage, err, sizeof err);
     if (!c->key) {
-        c->key = acme_account_key(c->s->storage, err, sizeof err);
-        if (!c->key) {
-            fail(res, "account key: %s", err);
-            return -EIO;
-        }
-        if (acme_jwk_thumbprint(c->key, c->thumb) < 0) {
-            fail(res, "account key: cannot compute its thumbprint");
-            return -ENOMEM;
-        }
+        fail(res, "account key: %s", err);
+        return -EIO;
     }
-    /* The account URL is remembered per directory, so switching from staging to production
-     * registers anew with the same key. */
+    if (acme_jwk_thumbprint(c->key, c->thumb) < 0) {
+        fail(res, "account key: cannot compute its thumbprint");
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* The account URL is remembered per directory, so switching from staging to production
+ * registers anew with the same key. True when account.json has one for this directory. */
+static bool saved_account(struct acme_client *c)
+{
+    char path[4200];
     snprintf(path, sizeof path, "%s/account.json", c->s->storage);
     json_t *saved = json_load_file(path, 0, NULL);
     const char *dir = json_string_value(json_object_get(saved, "directory"));
     const char *url = json_string_value(json_object_get(saved, "url"));
-    if (dir && url && strcmp(dir, c->s->directory) == 0) {
+    if (dir && url && strcmp(dir, c->s->directory) == 0)
         c->kid = strdup(url);
-        json_decref(saved);
-        return c->kid ? 0 : -ENOMEM;
-    }
     json_decref(saved);
+    return c->kid != NULL;
+}
 
+/* newAccount with the key (RFC 8555 7.3). Returns 0 with c->kid set, -EACCES when the CA
+ * refuses the key itself (401/403 unauthorized: its account is deactivated or revoked), or
+ * another error. */
+static int register_account(struct acme_client *c, struct acme_result *res)
+{
+    char path[4200];
     json_t *p = json_pack("{s:b}", "termsOfServiceAgreed", 1);
     if (c->s->contact)
         json_object_set_new(p, "contact", json_pack("[s]", c->s->contact));
@@ -247,30 +286,114 @@ static int ensure_account(struct acme_client *c, struct acme_result *res)
     free(payload);
     if (rc == 0 && (h.status == 200 || h.status == 201) && h.location[0]) {
         c->kid = strdup(h.location);
+        snprintf(path, sizeof path, "%s/account.json", c->s->storage);
         json_t *o = json_pack("{s:s, s:s}", "directory", c->s->directory, "url", h.location);
         char *text = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
         json_decref(o);
-        /* Two instances registering at once get the same account (same key): either write is
-         * right. */
-        if (text)
-            acme_write_file(path, text, strlen(text), 0600);
+        int wrc = text ? acme_write_file(path, text, strlen(text), 0600) : -ENOMEM;
         free(text);
+        if (c->log)
+            c->log(wrc < 0 ? CONF_LOG_WARNING : CONF_LOG_NOTICE,
+                   "acme: registered the account %s%s%s", h.location,
+                   wrc < 0 ? "; cannot keep it in account.json: " : "", wrc < 0 ? strerror(-wrc) : "");
+        rc = c->kid ? 0 : -ENOMEM;
     } else if (rc == 0) {
         fail_http(res, "newAccount", &h);
-        rc = -EIO;
+        /* Only "unauthorized" says the key is refused: externalAccountRequired, badPublicKey
+         * and the like would be refused again with any key. */
+        rc = (h.status == 401 || h.status == 403) && strstr(res->error, " unauthorized") ? -EACCES
+                                                                                        : -EIO;
     }
     acme_http_clear(&h);
-    return c->kid ? 0 : (rc < 0 ? rc : -ENOMEM);
+    return rc;
+}
+
+/* The key's account is deactivated or revoked (by its owner, or by the CA after a key
+ * compromise): no request signed with it will ever pass again, and the CA will not register it
+ * anew. It is kept aside, for the operator, and a new key is made. */
+static int retire_key(struct acme_client *c, struct acme_result *res)
+{
+    char path[4200], aside[4300];
+    snprintf(path, sizeof path, "%s/account.key", c->s->storage);
+    snprintf(aside, sizeof aside, "%s.deactivated-%ld", path, (long)time(NULL));
+    if (rename(path, aside) < 0) {
+        fail(res, "%s; cannot put the account key aside: %s", res->error, strerror(errno));
+        return -errno;
+    }
+    if (c->log)
+        c->log(CONF_LOG_WARNING, "acme: the CA refuses the account key (%s); it is kept as %s "
+               "and a new account is registered with a new key", res->error, aside);
+    EVP_PKEY_free(c->key);
+    c->key = NULL;
+    return load_key(c, res);
+}
+
+/* One registration at a time per storage (threads and instances sharing it): the first makes
+ * the account, the others then read it from account.json. */
+static int account_lock(struct acme_client *c, struct acme_result *res)
+{
+    for (int i = 0; i < ACCOUNT_LOCK_WAIT * 10; i++) {
+        int rc = acme_lock(c->s->storage, ACCOUNT_LOCK, ACCOUNT_LOCK_WAIT);
+        if (rc != -EBUSY) {
+            if (rc < 0)
+                fail(res, "account: cannot lock in %s: %s", c->s->storage, strerror(-rc));
+            return rc;
+        }
+        if (!sleep_or_stop(c, 100))
+            break;
+    }
+    fail(res, "account: another thread or instance is still registering it");
+    return -EBUSY;
+}
+
+static int ensure_account(struct acme_client *c, struct acme_result *res)
+{
+    if (c->kid)
+        return 0;
+    if (load_key(c, res) < 0)
+        return -EIO;
+    if (saved_account(c))
+        return 0;
+    int rc = account_lock(c, res);
+    if (rc < 0)
+        return rc;
+    /* Another may have registered, or put the key aside, while we waited: read both again. */
+    EVP_PKEY_free(c->key);
+    c->key = NULL;
+    rc = load_key(c, res);
+    if (rc == 0 && !saved_account(c)) {
+        rc = register_account(c, res);
+        if (rc == -EACCES && (rc = retire_key(c, res)) == 0) {
+            res->error[0] = '\0';
+            rc = register_account(c, res);
+        }
+    }
+    acme_unlock(c->s->storage, ACCOUNT_LOCK);
+    return c->kid ? 0 : rc < 0 ? rc : -ENOMEM;
+}
+
+/* The CA refused our account (deactivated, revoked, forgotten by a CA reset): forget it, so
+ * that the next attempt reads key and account from storage again and registers when it must.
+ * account.json goes only while it names this account: another thread or instance may have
+ * registered a new one meanwhile. */
+static void account_forget(struct acme_client *c)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/account.json", c->s->storage);
+    json_t *saved = json_load_file(path, 0, NULL);
+    const char *url = json_string_value(json_object_get(saved, "url"));
+    if (url && c->kid && strcmp(url, c->kid) == 0)
+        unlink(path);
+    json_decref(saved);
+    free(c->kid);
+    c->kid = NULL;
+    EVP_PKEY_free(c->key);
+    c->key = NULL;
 }
 
 static json_t *body_json(const struct acme_http *h)
 {
     return h->body ? json_loadb(h->body, h->body_len, 0, NULL) : NULL;
-}
-
-static long poll_wait(const struct acme_http *h)
-{
-    return h->retry_after > 0 ? (h->retry_after > 10 ? 10 : h->retry_after) : 1;
 }
 
 static bool challenge_pick(struct acme_client *c, json_t *challenges, json_t **out,
@@ -349,25 +472,21 @@ static int authorize(struct acme_client *c, const char *url, struct acme_result 
         fail_http(res, tname, &h);
         rc = -EIO;
     }
-    long waited = 0, wait = poll_wait(&h);
+    long waited = 0, retry_after = h.retry_after;
+    unsigned attempt = 0;
     acme_http_clear(&h);
+    char what[300];
+    snprintf(what, sizeof what, "%s: authorization", id);
     while (rc == 0) {
-        if (waited >= POLL_LIMIT) {
-            fail(res, "%s: authorization still pending after %d s", id, POLL_LIMIT);
-            rc = -ETIMEDOUT;
+        if (!poll_pause(c, what, attempt++, retry_after, &waited, res)) {
+            rc = *c->stop ? -ECANCELED : -ETIMEDOUT;
             break;
         }
-        if (!sleep_or_stop(c, wait)) {
-            fail(res, "stopping");
-            rc = -ECANCELED;
-            break;
-        }
-        waited += wait;
         if ((rc = post(c, url, "", true, NULL, &h, res)) < 0)
             break;
         json_t *a = body_json(&h);
         const char *st = json_string_value(json_object_get(a, "status"));
-        wait = poll_wait(&h);
+        retry_after = h.retry_after;
         if (h.status != 200 || !st) {
             fail_http(res, "authorization", &h);
             rc = -EIO;
@@ -479,12 +598,11 @@ static json_t *poll_order(struct acme_client *c, const char *url, const char *un
 {
     struct acme_http h = { 0 };
     long waited = 0;
-    for (;;) {
+    for (unsigned attempt = 0;; attempt++) {
         if (post(c, url, "", true, NULL, &h, res) < 0)
             return NULL;
         json_t *o = body_json(&h);
         const char *st = json_string_value(json_object_get(o, "status"));
-        long wait = poll_wait(&h);
         if (h.status != 200 || !st) {
             fail_http(res, "order", &h);
         } else if (strcmp(st, until) == 0) {
@@ -492,15 +610,15 @@ static json_t *poll_order(struct acme_client *c, const char *url, const char *un
             return o;
         } else if (strcmp(st, "invalid") == 0) {
             fail(res, "order became invalid");
-        } else if (waited >= POLL_LIMIT) {
-            fail(res, "order still %s after %d s", st, POLL_LIMIT);
-        } else if (sleep_or_stop(c, wait)) {
-            waited += wait;
+        } else {
+            char what[64];
+            snprintf(what, sizeof what, "order (%.20s)", st);
+            long retry_after = h.retry_after;
             json_decref(o);
             acme_http_clear(&h);
-            continue;
-        } else {
-            fail(res, "stopping");
+            if (poll_pause(c, what, attempt, retry_after, &waited, res))
+                continue;
+            return NULL;
         }
         json_decref(o);
         acme_http_clear(&h);
@@ -534,15 +652,10 @@ void acme_client_order(struct acme_client *c, const char *domain, char **names, 
         goto out;
     if (h.status != 201) {
         fail_http(res, "newOrder", &h);
-        /* A deactivated or forgotten account (a CA reset, a revoked key's account): register
-         * again at the next attempt instead of failing every domain forever. */
-        if (strstr(res->error, " accountDoesNotExist") || strstr(res->error, " unauthorized")) {
-            char path[4200];
-            snprintf(path, sizeof path, "%s/account.json", c->s->storage);
-            unlink(path);
-            free(c->kid);
-            c->kid = NULL;
-        }
+        /* A deactivated, revoked or forgotten account: see ensure_account at the next
+         * attempt, instead of failing every domain forever. */
+        if (strstr(res->error, " accountDoesNotExist") || strstr(res->error, " unauthorized"))
+            account_forget(c);
         goto out;
     }
     order = body_json(&h);

@@ -1,19 +1,26 @@
-/* sched.c: the ACME thread. It keeps, for each listed domain, when it is next due: now when no
+/* sched.c: the ACME threads. They keep, for each listed domain, when it is next due: now when no
  * certificate is stored, at its renewal time when one is (ARI's window when the directory offers
  * it, else renew_before_days before expiry, else two thirds into its lifetime), or after a
  * back-off when the last attempt failed (backoff_min doubling up to backoff_max, or longer when
  * the CA said Retry-After). New orders draw from a token bucket of pace_orders per pace_window,
  * so 100,000 domains onboard at the CA's rate instead of tripping it; a 429 pauses every order.
- * Orders run one at a time: the CA is the bottleneck, and one thread keeps the event loops free.
- * A domain is ordered under its lock in storage, so instances sharing it order it once.
  *
- * Finding the next due domain is a scan of the array: one pass per order or wake-up, which for
- * 100,000 domains is well under a millisecond next to a round trip to the CA. */
+ * ORDER_THREADS threads take due domains, each its own (a domain is never in two orders at
+ * once), each with its own connection to the CA: an order spends most of its time waiting for
+ * the CA, so a few in flight multiply the pace while none of it touches an event loop. The lock
+ * guards the domain table, the budget and the hand-over of new settings; an order runs outside
+ * it. New settings are taken only when no order is in flight, so an order's settings and domain
+ * entry stay put under it. A domain is ordered under its lock in storage, so instances sharing
+ * it order it once.
+ *
+ * Finding a due domain is a scan from where the last one was found (round robin), so a start
+ * with 100,000 domains to look at costs one pass, not one pass per domain. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/x509.h>
@@ -21,6 +28,8 @@
 
 #include "acme/internal.h"
 
+#define ORDER_THREADS 4                   /* orders in flight at most (per process) */
+#define ACME_NICE 10
 #define LOCK_STALE 600                    /* seconds: an order never takes this long */
 #define LOCK_BUSY_RETRY 3                 /* seconds before looking again at a locked domain */
 
@@ -32,25 +41,34 @@ struct dom {
     unsigned failures;
     time_t not_after;                     /* of the stored certificate as last seen; 0 = none */
     bool seen;                            /* storage looked at once */
+    bool busy;                            /* a thread is on it */
+};
+
+struct worker {
+    struct acme *m;
+    pthread_t thread;
+    bool started;
+    struct acme_client *client;           /* this thread's connection and account */
+    unsigned client_ca;                   /* the m->ca_gen it was made for */
 };
 
 struct acme {
-    pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     volatile bool stop;
     struct acme_hooks hooks;
-    /* Handed over by acme_configure, taken by the thread (under lock). */
+    /* Handed over by acme_configure, taken by a thread when no order runs. */
     struct acme_settings *next_settings;
     char **next_domains;
     size_t n_next_domains;
-    /* The thread's own. */
+    /* Under lock. */
     struct acme_settings *s;
-    struct acme_client *client;
+    unsigned ca_gen;                      /* bumped when the CA or storage changes */
     struct dom *doms;
-    size_t n_doms;
-    double tokens;
-    time_t tokens_at, paused_until;
+    size_t n_doms, cursor, n_busy;
+    struct acme_bucket bucket;
+    time_t paused_until;
+    struct worker workers[ORDER_THREADS];
 };
 
 static void settings_free(struct acme_settings *s)
@@ -138,17 +156,19 @@ static void adopt(struct acme *m)
     free(m->doms);
     m->doms = doms;
     m->n_doms = n;
+    m->cursor = 0;
     qsort(m->doms, n, sizeof *m->doms, cmp_dom);
+    /* No order is in flight: the clients may be pointed at the new settings, or made anew by
+     * their threads when the CA changed. */
     if (!m->s || !same_ca(m->s, ns)) {
-        acme_client_free(m->client);
-        m->client = NULL;
-    } else if (m->client) {
-        acme_client_settings(m->client, ns);
+        m->ca_gen++;
+    } else {
+        for (size_t i = 0; i < ORDER_THREADS; i++)
+            if (m->workers[i].client)
+                acme_client_settings(m->workers[i].client, ns);
     }
-    if (!m->s || m->s->pace_orders != ns->pace_orders) {
-        m->tokens = ns->pace_orders;
-        m->tokens_at = now;
-    }
+    if (!m->s || m->s->pace_orders != ns->pace_orders)
+        m->bucket = (struct acme_bucket){ .tokens = ns->pace_orders, .at = now };
     settings_free(m->s);
     m->s = ns;
     /* Back-off and names may have changed: look at every domain again. */
@@ -159,21 +179,30 @@ static void adopt(struct acme *m)
 
 static bool take_token(struct acme *m, time_t now, time_t *when)
 {
-    double rate = (double)m->s->pace_orders / m->s->pace_window_s;
-    m->tokens += (double)(now - m->tokens_at) * rate;
-    if (m->tokens > m->s->pace_orders)
-        m->tokens = m->s->pace_orders;
-    m->tokens_at = now;
-    if (m->tokens >= 1) {
-        m->tokens -= 1;
-        return true;
-    }
-    *when = now + (time_t)((1 - m->tokens) / rate) + 1;
-    return false;
+    pthread_mutex_lock(&m->lock);
+    bool ok = acme_bucket_take(&m->bucket, m->s->pace_orders, m->s->pace_window_s, now, when);
+    pthread_mutex_unlock(&m->lock);
+    return ok;
+}
+
+static time_t paused_until(struct acme *m)
+{
+    pthread_mutex_lock(&m->lock);
+    time_t t = m->paused_until;
+    pthread_mutex_unlock(&m->lock);
+    return t;
+}
+
+static void pause_all(struct acme *m, time_t until)
+{
+    pthread_mutex_lock(&m->lock);
+    if (until > m->paused_until)
+        m->paused_until = until;
+    pthread_mutex_unlock(&m->lock);
 }
 
 /* When the stored certificate X of DOMAIN is due for renewal. */
-static time_t due_at(struct acme *m, const char *domain, X509 *x)
+static time_t due_at(struct acme *m, struct acme_client *client, const char *domain, X509 *x)
 {
     time_t nb = 0, na = 0;
     struct tm tm;
@@ -183,10 +212,10 @@ static time_t due_at(struct acme *m, const char *domain, X509 *x)
         na = timegm(&tm);
     if (m->s->renew_before_days)
         return na - (time_t)m->s->renew_before_days * 86400;
-    if (m->client && acme_client_renewal_info(m->client)[0]) {
+    if (acme_client_renewal_info(client)[0]) {
         char *id = acme_ari_cert_id(x);
         time_t start, end;
-        int rc = id ? acme_client_ari(m->client, id, &start, &end) : -EINVAL;
+        int rc = id ? acme_client_ari(client, id, &start, &end) : -EINVAL;
         free(id);
         /* RFC 9773 4.2 asks for a random point in the window, to spread renewals. One fixed
          * by the domain's name spreads them as well and stays put when asked again, so every
@@ -222,15 +251,15 @@ static bool covers_names(struct acme *m, const char *domain, X509 *x)
 /* Looks at DOMAIN's stored certificate: a new one (another instance's, or ours) means a
  * snapshot rebuild; returns the renewal time (1 when it lacks a wanted name), or 0 when there
  * is none. */
-static time_t check_stored(struct acme *m, struct dom *d, X509 **cert)
+static time_t check_stored(struct acme *m, struct acme_client *client, struct dom *d, X509 **cert)
 {
     X509 *x = acme_stored_cert(m->s->storage, d->name);
     time_t na = x ? cert_not_after(x) : 0;
     if (d->seen && na != d->not_after && na)
-        m->hooks.issued(m->hooks.arg);
+        m->hooks.issued(m->hooks.arg, d->name);
     d->seen = true;
     d->not_after = na;
-    time_t due = !x ? 0 : covers_names(m, d->name, x) ? due_at(m, d->name, x) : 1;
+    time_t due = !x ? 0 : covers_names(m, d->name, x) ? due_at(m, client, d->name, x) : 1;
     if (cert)
         *cert = x;
     else
@@ -249,17 +278,39 @@ static void make_names(struct acme *m, const char *domain, char ***out, size_t *
             (*n)++;
 }
 
-static void process(struct acme *m, struct dom *d, time_t now)
+/* An attempt for D failed with ERROR: logged, shown by --certs, counted, and D waits its
+ * back-off (every domain waits when the CA said 429). */
+static void failed(struct acme *m, struct dom *d, time_t now, const char *error, long retry_after,
+                   bool rate_limited)
+{
+    atomic_fetch_add(&orders_failed, 1);
+    char line[700];
+    snprintf(line, sizeof line, "failing: %s", error);
+    acme_status_write(m->s->storage, d->name, line);
+    unsigned long wait = acme_backoff_s(d->failures, m->s->backoff_min_s, m->s->backoff_max_s,
+                                        retry_after);
+    if (rate_limited)
+        pause_all(m, now + (time_t)wait);
+    d->failures++;
+    d->next = time(NULL) + (time_t)wait;
+    m->hooks.log(CONF_LOG_WARNING, "acme: %s: order failed (attempt %u, next in %lu s): %s",
+                 d->name, d->failures, wait, error);
+}
+
+/* One due domain, on an order thread, outside the lock: the domain entry is this thread's
+ * until it returns. */
+static void process(struct acme *m, struct acme_client *client, struct dom *d, time_t now)
 {
     X509 *cert = NULL;
-    time_t due = check_stored(m, d, NULL);
+    time_t due = check_stored(m, client, d, NULL);
     if (due && due > now) {
         d->next = due;
         d->failures = 0;
         return;
     }
-    if (now < m->paused_until) {
-        d->next = m->paused_until;
+    time_t paused = paused_until(m);
+    if (now < paused) {
+        d->next = paused;
         return;
     }
     int rc = acme_lock(m->s->storage, d->name, LOCK_STALE);
@@ -269,12 +320,14 @@ static void process(struct acme *m, struct dom *d, time_t now)
         return;
     }
     if (rc < 0) {
-        m->hooks.log(CONF_LOG_ERR, "acme: %s: cannot lock in %s: %s", d->name, m->s->storage, strerror(-rc));
-        d->next = now + m->s->backoff_min_s;
+        /* Storage that cannot be written (full, read-only): a failed attempt like any other. */
+        char error[600];
+        snprintf(error, sizeof error, "cannot lock in %s: %s", m->s->storage, strerror(-rc));
+        failed(m, d, now, error, -1, false);
         return;
     }
     /* Under the lock, look again: another instance may have just finished. */
-    due = check_stored(m, d, &cert);
+    due = check_stored(m, client, d, &cert);
     time_t when;
     if (due && due > now) {
         d->next = due;
@@ -289,7 +342,7 @@ static void process(struct acme *m, struct dom *d, time_t now)
         acme_status_write(m->s->storage, d->name, "pending");
         m->hooks.log(CONF_LOG_INFO, "acme: %s: ordering a certificate for %zu names%s", d->name,
                      n_names, renewal ? " (renewal)" : "");
-        acme_client_order(m->client, d->name, names, n_names, replaces, &res);
+        acme_client_order(client, d->name, names, n_names, replaces, &res);
         for (size_t i = 0; i < n_names; i++)
             free(names[i]);
         free(names);
@@ -301,68 +354,97 @@ static void process(struct acme *m, struct dom *d, time_t now)
             acme_status_write(m->s->storage, d->name, "valid");
             m->hooks.log(CONF_LOG_NOTICE, "acme: %s: certificate issued%s (after %lu badNonce "
                          "retries in all)", d->name, renewal ? " (renewal)" : "",
-                         acme_client_nonce_retries(m->client));
+                         acme_client_nonce_retries(client));
             d->failures = 0;
-            d->seen = false;              /* the rebuild below covers it */
-            due = check_stored(m, d, NULL);
+            d->seen = false;              /* the hook below covers it */
+            due = check_stored(m, client, d, NULL);
             d->next = due > now ? due : now + m->s->backoff_min_s;
-            m->hooks.issued(m->hooks.arg);
+            m->hooks.issued(m->hooks.arg, d->name);
         } else if (!m->stop) {
-            atomic_fetch_add(&orders_failed, 1);
-            char line[600];
-            snprintf(line, sizeof line, "failing: %s", res.error);
-            acme_status_write(m->s->storage, d->name, line);
-            unsigned shift = d->failures < 20 ? d->failures : 20;
-            unsigned long wait = (unsigned long)m->s->backoff_min_s << shift;
-            if (wait > m->s->backoff_max_s)
-                wait = m->s->backoff_max_s;
-            if (res.retry_after > 0 && (unsigned long)res.retry_after > wait)
-                wait = (unsigned long)res.retry_after;
-            if (res.rate_limited)
-                m->paused_until = now + (time_t)wait;
-            d->failures++;
-            d->next = time(NULL) + (time_t)wait;
-            m->hooks.log(CONF_LOG_WARNING, "acme: %s: order failed (attempt %u, next in %lu s): %s",
-                         d->name, d->failures, wait, res.error);
+            failed(m, d, now, res.error, res.retry_after, res.rate_limited);
         }
     }
     X509_free(cert);
     acme_unlock(m->s->storage, d->name);
 }
 
+/* Under lock: a due domain no thread is on, round robin from the last one taken; NULL when none
+ * is due, with *WAKE set to when the soonest one will be. */
+static struct dom *pick(struct acme *m, time_t now, time_t *wake)
+{
+    time_t soonest = now + 3600;
+    for (size_t k = 0; k < m->n_doms; k++) {
+        size_t i = (m->cursor + k) % m->n_doms;
+        struct dom *d = &m->doms[i];
+        if (d->busy)
+            continue;
+        if (d->next <= now) {
+            m->cursor = i + 1;
+            return d;
+        }
+        if (d->next < soonest)
+            soonest = d->next;
+    }
+    *wake = soonest;
+    return NULL;
+}
+
+static void wait_until(struct acme *m, time_t t)
+{
+    struct timespec ts = { t, 0 };
+    pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+}
+
 static void *run(void *arg)
 {
-    struct acme *m = arg;
+    struct worker *w = arg;
+    struct acme *m = w->m;
+    pthread_setname_np(pthread_self(), "mailsnid-acme");   /* top -H, and bench/acme */
+    /* The CPU an order needs (a key, signatures, TLS to the CA) can wait; a handshake on the
+     * same core cannot: nice 10 gives the workers about nine tenths of a contended core. */
+    setpriority(PRIO_PROCESS, (id_t)gettid(), ACME_NICE);
     pthread_mutex_lock(&m->lock);
     for (;;) {
         if (m->stop)
             break;
-        if (m->next_settings)
+        if (m->next_settings) {
+            if (m->n_busy) {              /* taken when the orders in flight are done */
+                pthread_cond_wait(&m->cond, &m->lock);
+                continue;
+            }
             adopt(m);
+        }
         if (!m->s) {
             pthread_cond_wait(&m->cond, &m->lock);
             continue;
         }
-        if (!m->client && !(m->client = acme_client_new(m->s, &m->stop))) {
-            m->hooks.log(CONF_LOG_ERR, "acme: cannot set up the HTTPS client");
-            struct timespec ts = { time(NULL) + 60, 0 };
-            pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+        if (w->client && w->client_ca != m->ca_gen) {
+            acme_client_free(w->client);
+            w->client = NULL;
+        }
+        if (!w->client) {
+            if (!(w->client = acme_client_new(m->s, &m->stop, m->hooks.log))) {
+                m->hooks.log(CONF_LOG_ERR, "acme: cannot set up the HTTPS client");
+                wait_until(m, time(NULL) + 60);
+                continue;
+            }
+            w->client_ca = m->ca_gen;
+        }
+        time_t now = time(NULL), wake;
+        struct dom *d = pick(m, now, &wake);
+        if (!d) {
+            wait_until(m, wake);
             continue;
         }
-        time_t now = time(NULL);
-        struct dom *d = NULL;
-        for (size_t i = 0; i < m->n_doms; i++)
-            if (!d || m->doms[i].next < d->next)
-                d = &m->doms[i];
-        if (!d || d->next > now) {
-            struct timespec ts = { d ? d->next : now + 3600, 0 };
-            pthread_cond_timedwait(&m->cond, &m->lock, &ts);
-            continue;
-        }
-        /* The array is the thread's: the lock guards only the hand-over fields. */
+        d->busy = true;
+        m->n_busy++;
         pthread_mutex_unlock(&m->lock);
-        process(m, d, now);
+        process(m, w->client, d, now);
         pthread_mutex_lock(&m->lock);
+        d->busy = false;
+        m->n_busy--;
+        /* The others may be waiting for new settings, or for a time this order moved. */
+        pthread_cond_broadcast(&m->cond);
     }
     pthread_mutex_unlock(&m->lock);
     return NULL;
@@ -390,7 +472,7 @@ static int hand_over(struct acme *m, const struct conf *conf)
     m->next_settings = s;
     m->next_domains = names;
     m->n_next_domains = conf->n_domains;
-    pthread_cond_signal(&m->cond);
+    pthread_cond_broadcast(&m->cond);
     pthread_mutex_unlock(&m->lock);
     return 0;
 }
@@ -405,9 +487,14 @@ struct acme *acme_start(const struct conf *conf, const struct acme_hooks *hooks)
     m->hooks = *hooks;
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->cond, NULL);
-    if (hand_over(m, conf) < 0 || pthread_create(&m->thread, NULL, run, m) != 0) {
-        hooks->log(CONF_LOG_ERR, "acme: cannot start its thread");
-        m->thread = 0;
+    bool ok = hand_over(m, conf) == 0;
+    for (size_t i = 0; ok && i < ORDER_THREADS; i++) {
+        m->workers[i].m = m;
+        ok = pthread_create(&m->workers[i].thread, NULL, run, &m->workers[i]) == 0;
+        m->workers[i].started = ok;
+    }
+    if (!ok) {
+        hooks->log(CONF_LOG_ERR, "acme: cannot start its threads");
         acme_stop(m);
         return NULL;
     }
@@ -433,11 +520,13 @@ void acme_stop(struct acme *acme)
         return;
     pthread_mutex_lock(&acme->lock);
     acme->stop = true;
-    pthread_cond_signal(&acme->cond);
+    pthread_cond_broadcast(&acme->cond);
     pthread_mutex_unlock(&acme->lock);
-    if (acme->thread)
-        pthread_join(acme->thread, NULL);
-    acme_client_free(acme->client);
+    for (size_t i = 0; i < ORDER_THREADS; i++) {
+        if (acme->workers[i].started)
+            pthread_join(acme->workers[i].thread, NULL);
+        acme_client_free(acme->workers[i].client);
+    }
     settings_free(acme->s);
     settings_free(acme->next_settings);
     for (size_t i = 0; acme->next_domains && i < acme->n_next_domains; i++)

@@ -89,13 +89,14 @@ int acme_lock(const char *storage, const char *name, long stale)
             char host[64] = "";
             gethostname(host, sizeof host - 1);
             int n = snprintf(body, sizeof body, "%ld %s %ld\n", (long)getpid(), host, (long)time(NULL));
-            if (write(fd, body, (size_t)n) < 0) {
-                close(fd);
+            /* A full disk shows here first: say so (ENOSPC), not just "I/O error". */
+            ssize_t w = write(fd, body, (size_t)n);
+            rc = w == n ? 0 : w < 0 ? -errno : -EIO;
+            if (close(fd) < 0 && rc == 0)
+                rc = -errno;
+            if (rc < 0)
                 unlink(path);
-                return -EIO;
-            }
-            close(fd);
-            return 0;
+            return rc;
         }
         if (errno != EEXIST)
             return -errno;
@@ -136,12 +137,13 @@ int acme_store_pair(const char *storage, const char *domain, const char *chain_p
              r[0], r[1], r[2], r[3]);
     if (mkdir(dir, 0700) < 0)
         return -errno;
+    /* Nothing half-written stays behind (a full disk, a read-only remount): the new folder
+     * goes unless the link points at it, so a reader never finds a chain without its key. */
     snprintf(file, sizeof file, "%s/privkey.pem", dir);
-    if ((rc = acme_write_file(file, key_pem, key_len, 0600)) < 0)
-        return rc;
+    rc = acme_write_file(file, key_pem, key_len, 0600);
     snprintf(file, sizeof file, "%s/fullchain.pem", dir);
-    if ((rc = acme_write_file(file, chain_pem, chain_len, 0644)) < 0)
-        return rc;
+    if (rc == 0)
+        rc = acme_write_file(file, chain_pem, chain_len, 0644);
     snprintf(link_path, sizeof link_path, "%s/%s", certs, domain);
     char old[PATH_MAX] = "";
     ssize_t n = readlink(link_path, old, sizeof old - 1);
@@ -151,11 +153,17 @@ int acme_store_pair(const char *storage, const char *domain, const char *chain_p
     char dotted[PATH_MAX + 300];
     snprintf(dotted, sizeof dotted, "%s/.%s", certs, domain);
     tmp_name(tmp, sizeof tmp, dotted);
-    if (symlink(target, tmp) < 0)
-        return -errno;
-    if (rename(tmp, link_path) < 0) {
+    if (rc == 0 && symlink(target, tmp) < 0)
+        rc = -errno;
+    if (rc == 0 && rename(tmp, link_path) < 0) {
         rc = -errno;
         unlink(tmp);
+    }
+    if (rc < 0) {
+        unlink(file);
+        snprintf(file, sizeof file, "%s/privkey.pem", dir);
+        unlink(file);
+        rmdir(dir);
         return rc;
     }
     /* The previous pair's files: the running snapshot has them parsed already. */

@@ -56,6 +56,15 @@ uint64_t cs_name_hash(const char *name, size_t len);
  * thread while PREVIOUS is serving; PREVIOUS is only read. */
 int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs_store **out,
                    char **errors, char **warnings);
+/* A snapshot like PREVIOUS (built by cs_store_build with an acme block whose storage is STORAGE)
+ * in which only the ACME pairs of DOMAINS are read again from STORAGE/certs/DOMAIN: added,
+ * replaced, kept (files unchanged, or unreadable now: warned) or dropped (folder gone), with
+ * the same rules and the same order as a full build, so the result serves what cs_store_build
+ * would serve with the same configuration. The configuration and every other file are not
+ * read: a new ACME pair goes live without the cost of a reload, which grows with the number
+ * of pairs on disk. Nothing but memory can fail (-ENOMEM); the rest is as cs_store_build. */
+int cs_store_update_acme(struct cs_store *previous, const char *storage, char *const *domains,
+                         size_t n_domains, struct cs_store **out, char **errors, char **warnings);
 void cs_store_ref(struct cs_store *store);
 void cs_store_unref(struct cs_store *store);
 

@@ -286,7 +286,7 @@ static size_t names_from_cert(struct build *b, struct cs_pair *p, const char *wh
 
 static const char *conf_path(const struct conf *conf)
 {
-    return conf->path ? conf->path : "(config)";
+    return conf && conf->path ? conf->path : "(config)";
 }
 
 /* The default pair's errors carry line 0: struct conf does not record where tls = { } was. */
@@ -517,24 +517,97 @@ static void warn_validity(struct build *b, const struct cs_pair *p, time_t now)
     }
 }
 
+/* Seeds B with what PREVIOUS (may be NULL) lends: its pairs, to reuse unchanged files, and its
+ * chains, to share intermediates. */
+static int build_seed(struct build *b, struct cs_store *previous)
+{
+    b->loader = cs_loader_new();
+    if (!b->loader)
+        return -ENOMEM;
+    for (size_t i = 0; previous && i < previous->n_pairs; i++)
+        if (pairmap_put(&b->prev_map, previous->pairs[i]) < 0 ||
+            cs_loader_seed(b->loader, previous->pairs[i]->chain) < 0)
+            return -ENOMEM;
+    return 0;
+}
+
+/* The snapshot of what B committed, with DEF as its default pair; warnings about validity for
+ * every pair, or (ALL false) only for those PREVIOUS did not have. Frees what B holds. */
+static int build_finish(struct build *b, struct cs_store *previous, struct cs_pair *def, bool all,
+                        struct cs_store **out, char **errors, char **warnings)
+{
+    struct cs_store *s = NULL;
+    int rc = -ENOMEM;
+
+    free(b->covered);
+    free(b->covered_names);
+    b->covered = NULL;
+    if (b->oom)
+        goto fail;
+    if (b->errors.len) {
+        rc = -EINVAL;
+        goto fail;
+    }
+
+    for (size_t i = 0; previous && i < previous->n_pairs; i++) {
+        const struct cs_pair *p = previous->pairs[i];
+        if (!pairmap_get(&b->map, p->paths, p->key_path))
+            b->stats.pairs_removed++;
+    }
+
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        goto fail;
+    atomic_init(&s->refs, 1);
+    /* The store takes over the pairs and their references. */
+    s->pairs = b->pairs;
+    s->n_pairs = b->n_pairs;
+    b->pairs = NULL;
+    b->n_pairs = 0;
+    s->def = def;
+    time_t now = time(NULL);
+    for (size_t i = 0; i < s->n_pairs; i++)
+        if (all || pairmap_get(&b->prev_map, s->pairs[i]->paths, s->pairs[i]->key_path) != s->pairs[i])
+            warn_validity(b, s->pairs[i], now);
+    if (index_all(b, s) < 0)
+        goto fail;
+
+    b->stats.pairs = s->n_pairs;
+    b->stats.exact_names = s->exact.n_entries;
+    b->stats.wildcard_names = s->wild.n_entries;
+    s->stats = b->stats;
+    *out = s;
+    s = NULL;
+    rc = 0;
+fail:
+    if (s)
+        store_free(s);
+    for (size_t i = 0; i < b->n_pairs; i++)
+        cs_pair_unref(b->pairs[i]);
+    free(b->pairs);
+    free(b->map.slots);
+    free(b->prev_map.slots);
+    cs_loader_free(b->loader);
+    free(b->names);
+    free(b->refs);
+    if (rc == -ENOMEM && !b->errors.len)
+        cs_msg_add(&b->errors, "%s:0: out of memory while loading certificates\n",
+                   conf_path(b->conf));
+    *errors = b->errors.buf;
+    *warnings = b->warnings.buf;
+    return rc;
+}
+
 int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs_store **out,
                    char **errors, char **warnings)
 {
     struct build b = { .conf = conf };
-    struct cs_store *s = NULL;
-    int rc = -ENOMEM;
 
     *out = NULL;
-    *errors = NULL;
-    *warnings = NULL;
-    b.loader = cs_loader_new();
-    if (!b.loader)
-        goto fail;
-    for (size_t i = 0; previous && i < previous->n_pairs; i++)
-        if (pairmap_put(&b.prev_map, previous->pairs[i]) < 0 ||
-            cs_loader_seed(b.loader, previous->pairs[i]->chain) < 0)
-            goto fail;
-
+    if (build_seed(&b, previous) < 0) {
+        b.oom = true;
+        return build_finish(&b, previous, NULL, true, out, errors, warnings);
+    }
     load_default(&b);
     struct cs_pair *def = conf->tls.default_cert && conf->tls.default_key
                               ? pairmap_get(&b.map, conf->tls.default_cert, conf->tls.default_key)
@@ -545,62 +618,175 @@ int cs_store_build(const struct conf *conf, struct cs_store *previous, struct cs
         load_dir(&b, conf->cert_dirs[i], false);
     if (conf->acme.enabled && conf->acme.storage)
         load_acme(&b, conf->acme.storage);
-    free(b.covered);
-    free(b.covered_names);
-    b.covered = NULL;
-    if (b.oom)
-        goto fail;
-    if (b.errors.len) {
-        rc = -EINVAL;
-        goto fail;
+    return build_finish(&b, previous, def, true, out, errors, warnings);
+}
+
+/* ---- ACME's pairs only (cs_store_update_acme) ---- */
+
+/* Is P one of ACME's, CERTS "DOMAIN/fullchain.pem"? Points *DOM at DOMAIN (LEN bytes). */
+static bool acme_folder(const struct cs_pair *p, const char *certs, size_t certs_len,
+                        const char **dom, size_t *len)
+{
+    if (strncmp(p->paths, certs, certs_len) != 0)
+        return false;
+    const char *d = p->paths + certs_len, *slash = strchr(d, '/');
+    if (!slash || slash == d || strcmp(slash, "/fullchain.pem") != 0)
+        return false;
+    *dom = d;
+    *len = (size_t)(slash - d);
+    return true;
+}
+
+/* The names an operator pair of PREVIOUS covers (what load_acme computes from the operator's
+ * pairs): every index entry with a candidate that is not ACME's and is valid NOW. The names
+ * point into PREVIOUS's index. */
+static int covered_from(struct build *b, const struct cs_store *previous, const char *certs,
+                        size_t certs_len, time_t now)
+{
+    b->covered = malloc((previous->exact.n_entries + previous->wild.n_entries + 1) *
+                        sizeof *b->covered);
+    if (!b->covered)
+        return -ENOMEM;
+    for (int wild = 0; wild < 2; wild++) {
+        const struct cs_index *ix = wild ? &previous->wild : &previous->exact;
+        for (size_t i = 0; i < ix->n_entries; i++) {
+            const struct cs_index_entry *e = &ix->entries[i];
+            const char *dom;
+            size_t len;
+            for (uint32_t k = 0; k < e->count; k++) {
+                const struct cs_pair *p = ix->cands[e->first + k];
+                if (!acme_folder(p, certs, certs_len, &dom, &len) && cs_pair_valid_at(p, now)) {
+                    b->covered[b->n_covered++] = (struct covered){ ix->names + e->name,
+                                                                   e->name_len, wild };
+                    break;
+                }
+            }
+        }
     }
+    qsort(b->covered, b->n_covered, sizeof *b->covered, covered_cmp);
+    return 0;
+}
 
-    for (size_t i = 0; previous && i < previous->n_pairs; i++) {
-        const struct cs_pair *p = previous->pairs[i];
-        if (!pairmap_get(&b.map, p->paths, p->key_path))
-            b.stats.pairs_removed++;
+/* DOMAIN's pair read again from CERTS, in place of PREV (its pair in the previous snapshot, or
+ * NULL), with the same rules as load_dir: unchanged files keep PREV (whose names come from the
+ * previous index), a pair that cannot be read now keeps PREV, a folder that is gone drops it. */
+static void acme_take(struct build *b, const char *certs, const char *domain, struct cs_pair *prev)
+{
+    char cert[PATH_MAX], key[PATH_MAX], reason[512];
+    struct cs_pair *p;
+    if ((size_t)snprintf(cert, sizeof cert, "%s%s/fullchain.pem", certs, domain) >= sizeof cert ||
+        (size_t)snprintf(key, sizeof key, "%s%s/privkey.pem", certs, domain) >= sizeof key)
+        return;
+    int rc = pair_get(b, cert, key, &p, reason, sizeof reason);
+    if (rc == -ENOMEM) {
+        b->oom = true;
+        return;
     }
+    if (rc == -ENOENT || rc == -ENOTDIR)
+        return;
+    if (rc < 0 && prev) {
+        cs_msg_add(&b->warnings, "%s%s: not usable now (%s); keeping the pair loaded before\n",
+                   certs, domain, reason);
+        cs_pair_ref(prev);
+        pair_commit(b, prev);
+        return;
+    }
+    if (rc < 0) {
+        cs_msg_add(&b->warnings, "%s%s: skipped: %s\n", certs, domain, reason);
+        b->stats.skipped++;
+        return;
+    }
+    size_t before = b->n_refs, dropped = b->n_dropped;
+    if (p != prev && names_from_cert(b, p, cert) == 0) {
+        b->n_refs = before;
+        cs_pair_unref(p);
+        if (b->n_dropped == dropped) {
+            cs_msg_add(&b->warnings, "%s%s: skipped: no usable DNS name in the certificate\n",
+                       certs, domain);
+            b->stats.skipped++;
+        }
+        return;
+    }
+    pair_commit(b, p);
+}
 
-    s = calloc(1, sizeof(*s));
-    if (!s)
-        goto fail;
-    atomic_init(&s->refs, 1);
-    /* The store takes over the pairs and their references. */
-    s->pairs = b.pairs;
-    s->n_pairs = b.n_pairs;
-    b.pairs = NULL;
-    b.n_pairs = 0;
-    s->def = def;
-    time_t now = time(NULL);
-    for (size_t i = 0; i < s->n_pairs; i++)
-        warn_validity(&b, s->pairs[i], now);
-    if (index_all(&b, s) < 0)
-        goto fail;
+/* The names of every pair B kept from the previous snapshot, as its index had them. */
+static void names_from_index(struct build *b, const struct cs_index *ix, bool wild)
+{
+    char name[CS_NAME_MAX + 3] = "*.";
+    for (size_t i = 0; i < ix->n_entries; i++) {
+        const struct cs_index_entry *e = &ix->entries[i];
+        for (uint32_t k = 0; k < e->count; k++) {
+            struct cs_pair *p = ix->cands[e->first + k];
+            if (pairmap_get(&b->map, p->paths, p->key_path) != p)
+                continue;
+            if (wild) {
+                memcpy(name + 2, ix->names + e->name, e->name_len);
+                name_add(b, name, e->name_len + 2, p);
+            } else {
+                name_add(b, ix->names + e->name, e->name_len, p);
+            }
+        }
+    }
+}
 
-    b.stats.pairs = s->n_pairs;
-    b.stats.exact_names = s->exact.n_entries;
-    b.stats.wildcard_names = s->wild.n_entries;
-    s->stats = b.stats;
-    *out = s;
-    s = NULL;
-    rc = 0;
-fail:
-    if (s)
-        store_free(s);
-    for (size_t i = 0; i < b.n_pairs; i++)
-        cs_pair_unref(b.pairs[i]);
-    free(b.pairs);
-    free(b.map.slots);
-    free(b.prev_map.slots);
-    cs_loader_free(b.loader);
-    free(b.names);
-    free(b.refs);
-    if (rc == -ENOMEM && !b.errors.len)
-        cs_msg_add(&b.errors, "%s:0: out of memory while loading certificates\n",
-                   conf_path(conf));
-    *errors = b.errors.buf;
-    *warnings = b.warnings.buf;
-    return rc;
+static int strcmp_p(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Compares DOMAIN with the LEN bytes at FOLDER, as scandir's alphasort orders folders. */
+static int folder_cmp(const char *domain, const char *folder, size_t len)
+{
+    int c = strncmp(domain, folder, len);
+    return c ? c : domain[len] != '\0';
+}
+
+int cs_store_update_acme(struct cs_store *previous, const char *storage, char *const *domains,
+                         size_t n_domains, struct cs_store **out, char **errors, char **warnings)
+{
+    struct build b = { 0 };
+    char certs[PATH_MAX];
+    size_t certs_len = (size_t)snprintf(certs, sizeof certs, "%s/certs/", storage);
+    char **sorted = malloc((n_domains ? n_domains : 1) * sizeof *sorted);
+
+    *out = NULL;
+    if (!sorted || certs_len >= sizeof certs || build_seed(&b, previous) < 0 ||
+        covered_from(&b, previous, certs, certs_len, time(NULL)) < 0) {
+        free(sorted);
+        b.oom = true;
+        return build_finish(&b, previous, NULL, false, out, errors, warnings);
+    }
+    memcpy(sorted, domains, n_domains * sizeof *sorted);
+    qsort(sorted, n_domains, sizeof *sorted, strcmp_p);
+    size_t n = 0;
+    for (size_t i = 0; i < n_domains; i++)
+        if (n == 0 || strcmp(sorted[i], sorted[n - 1]) != 0)
+            sorted[n++] = sorted[i];
+    /* The previous order, with each named domain's pair read again in its place: ACME's pairs
+     * come last, by folder name, as a full build loads them, so ties go the same way. */
+    size_t next = 0;
+    for (size_t i = 0; i < previous->n_pairs; i++) {
+        struct cs_pair *p = previous->pairs[i];
+        const char *dom;
+        size_t len;
+        if (acme_folder(p, certs, certs_len, &dom, &len)) {
+            while (next < n && folder_cmp(sorted[next], dom, len) < 0)
+                acme_take(&b, certs, sorted[next++], NULL);
+            if (next < n && folder_cmp(sorted[next], dom, len) == 0) {
+                acme_take(&b, certs, sorted[next++], p);
+                continue;
+            }
+        }
+        cs_pair_ref(p);
+        pair_commit(&b, p);
+    }
+    while (next < n)
+        acme_take(&b, certs, sorted[next++], NULL);
+    free(sorted);
+    names_from_index(&b, &previous->exact, false);
+    names_from_index(&b, &previous->wild, true);
+    return build_finish(&b, previous, previous->def, false, out, errors, warnings);
 }
 
 void cs_store_ref(struct cs_store *store)

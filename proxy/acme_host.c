@@ -1,7 +1,9 @@
 /* acme_host.c: see acme_host.h. */
 #include "proxy/acme_host.h"
 
+#include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "acme/acme.h"
 #include "proxy/log.h"
@@ -10,20 +12,53 @@
 struct acme_host {
     struct server *srv;
     struct acme *acme;
-    uv_async_t issued;                    /* ACME thread → control loop */
+    uv_async_t issued;                    /* ACME threads → control loop */
     struct acme_hooks hooks;
+    /* Domains with a new pair, from the ACME threads, until the control loop takes them. */
+    pthread_mutex_t lock;
+    char **domains;
+    size_t n, cap;
 };
 
 static void on_issued(uv_async_t *a)
 {
     struct acme_host *h = a->data;
-    reload_request(h->srv, "acme certificate");
+    pthread_mutex_lock(&h->lock);
+    char **domains = h->domains;
+    size_t n = h->n;
+    h->domains = NULL;
+    h->n = h->cap = 0;
+    pthread_mutex_unlock(&h->lock);
+    if (n)
+        reload_acme_pairs(h->srv, domains, n);
+    else
+        free(domains);
 }
 
-/* On the ACME thread: uv_async_send is the one libuv call that is safe there. */
-static void issued(void *arg)
+/* On an ACME thread: a copy of the name under the lock, then uv_async_send, the one libuv
+ * call that is safe there (several sends before the loop looks make one callback). */
+static void issued(void *arg, const char *domain)
 {
     struct acme_host *h = arg;
+    char *copy = strdup(domain);
+    pthread_mutex_lock(&h->lock);
+    if (copy && h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 16;
+        char **d = realloc(h->domains, cap * sizeof *d);
+        if (d) {
+            h->domains = d;
+            h->cap = cap;
+        }
+    }
+    if (copy && h->n < h->cap) {
+        h->domains[h->n++] = copy;
+        copy = NULL;
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (copy) {
+        free(copy);
+        log_err("acme: %s: out of memory: its new certificate waits for the next reload", domain);
+    }
     uv_async_send(&h->issued);
 }
 
@@ -34,7 +69,9 @@ int acme_host_start(struct server *srv)
         return -1;
     h->srv = srv;
     h->hooks = (struct acme_hooks){ .issued = issued, .arg = h, .log = log_msg };
+    pthread_mutex_init(&h->lock, NULL);
     if (uv_async_init(srv->loop, &h->issued, on_issued) < 0) {
+        pthread_mutex_destroy(&h->lock);
         free(h);
         return -1;
     }
@@ -53,7 +90,12 @@ void acme_host_configure(struct server *srv, const struct conf *conf)
 
 static void on_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    struct acme_host *h = handle->data;
+    for (size_t i = 0; i < h->n; i++)
+        free(h->domains[i]);
+    free(h->domains);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
 }
 
 void acme_host_stop(struct server *srv)
@@ -62,7 +104,7 @@ void acme_host_stop(struct server *srv)
     if (!h)
         return;
     srv->acme = NULL;
-    /* Joins the thread, which aborts a transfer in progress at once. */
+    /* Joins the threads, which abort a transfer in progress at once. */
     acme_stop(h->acme);
     h->acme = NULL;
     uv_close((uv_handle_t *)&h->issued, on_closed);

@@ -1,8 +1,8 @@
 /* acme_host: the ACME client (acme/) as the server runs it: started after the switch to `user`
  * (storage must belong to the serving user), given each new generation's configuration, and
- * stopped with the control loop. Its news — a pair stored — becomes a reload on the control
- * loop, so issued pairs enter the running store through the same atomic snapshot swap as every
- * other change. */
+ * stopped with the control loop. Its news — a pair stored for a domain — reaches the control
+ * loop, which puts the pair in service through an update of the running snapshot
+ * (reload_acme_pairs): the same atomic snapshot swap as every other change. */
 #ifndef MAILSNID_ACME_HOST_H
 #define MAILSNID_ACME_HOST_H
 

@@ -100,7 +100,11 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
 
 
 class MailsnidProcess:
-    def __init__(self, config_text: str, workdir: str, name: str = "mailsnid"):
+    def __init__(self, config_text: str, workdir: str, name: str = "mailsnid",
+                 wrap: list[str] = ()):
+        """WRAP: a command that runs the rest (e.g. unshare ... sh -c '...; exec "$@"'), and
+        must exec it, so that the process is mailsnid itself."""
+        self.wrap = list(wrap)
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.config = os.path.join(workdir, f"{name}.cfg")
@@ -113,7 +117,7 @@ class MailsnidProcess:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([MAILSNID, "-c", self.config], stdout=self._log,
+        self.proc = subprocess.Popen([*self.wrap, MAILSNID, "-c", self.config], stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
         try:
             for p in ports:

@@ -12,6 +12,9 @@ orders the other placed).
 
 from __future__ import annotations
 
+import base64
+import errno
+import glob
 import http.client
 import json
 import os
@@ -24,6 +27,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.error
 import urllib.request
 
 from mailsnid_runner import MAILSNID, SLOW, MailsnidProcess, free_port, wait_port
@@ -183,6 +187,58 @@ def metric(admin: int, name: str) -> float:
     return float(m.group(1)) if m else -1.0
 
 
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def es256(key_path: str, data: bytes) -> bytes:
+    """An ES256 JWS signature (r || s, 32 bytes each) by openssl, from its DER form."""
+    der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key_path], input=data,
+                         capture_output=True, check=True).stdout
+    i, out = 3 if der[1] & 0x80 else 2, b""
+    for _ in range(2):
+        assert der[i] == 0x02
+        n = der[i + 1]
+        out += int.from_bytes(der[i + 2:i + 2 + n], "big").to_bytes(32, "big")
+        i += 2 + n
+    return out
+
+
+def acme_post(directory: str, key_path: str, kid: str, url: str, payload: dict) -> tuple[int, dict]:
+    """A kid-signed POST to pebble (RFC 8555 6.2), retried on badNonce."""
+    ctx = ssl.create_default_context(cafile=PKI["ca"])
+    with urllib.request.urlopen(directory, context=ctx) as r:
+        new_nonce = json.load(r)["newNonce"]
+    for _ in range(20):
+        with urllib.request.urlopen(urllib.request.Request(new_nonce, method="HEAD"), context=ctx) as r:
+            nonce = r.headers["Replay-Nonce"]
+        protected = b64u(json.dumps({"alg": "ES256", "kid": kid, "nonce": nonce, "url": url}).encode())
+        body = b64u(json.dumps(payload).encode())
+        sig = b64u(es256(key_path, f"{protected}.{body}".encode()))
+        req = urllib.request.Request(url, method="POST", headers={"Content-Type": "application/jose+json"},
+                                     data=json.dumps({"protected": protected, "payload": body,
+                                                      "signature": sig}).encode())
+        try:
+            with urllib.request.urlopen(req, context=ctx) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            doc = json.load(e)
+            if not doc.get("type", "").endswith(":badNonce"):
+                return e.code, doc
+    raise AssertionError("pebble rejected 20 nonces in a row")
+
+
+def storage_consistent(test: unittest.TestCase, storage: str) -> None:
+    """Nothing half-written: no temporary files, and every archive folder is the whole pair a
+    certs/ link points at (a folder no link names would be one left by a failed write)."""
+    test.assertEqual([f for f in glob.glob(os.path.join(storage, "**", "*.tmp*"), recursive=True)], [])
+    linked = {os.path.basename(os.readlink(os.path.join(storage, "certs", d)))
+              for d in os.listdir(os.path.join(storage, "certs"))}
+    for d in glob.glob(os.path.join(storage, "archive", "*")):
+        test.assertIn(os.path.basename(d), linked, f"{d}: left behind")
+        test.assertEqual(sorted(os.listdir(d)), ["fullchain.pem", "privkey.pem"], d)
+
+
 class FakeCA:
     """An HTTPS server that answers every request with BODY: a CA gone wrong."""
 
@@ -254,20 +310,25 @@ class CaFaults(unittest.TestCase):
 
     def test_rate_limited(self):
         # A 429 with Retry-After: that wait, not the back-off, and every domain waits with it.
+        # Up to four orders run at once, so those already in flight meet the 429 too; the
+        # other domains are not even tried until the wait is over.
         ca = FakeCA(b'{"type": "urn:ietf:params:acme:error:rateLimited", "detail": "slow down"}',
                     status=429, headers={"Retry-After": "4"})
         d = tempfile.mkdtemp(prefix="f-", dir=TMP)
         port = free_port()
+        domains = [f"d{i}.test" for i in range(8)]
         p = MailsnidProcess(config(listen=f"127.0.0.1:{port}", backend=free_port(), admin=free_port(),
                                    directory=f"https://localhost:{ca.port}/dir",
-                                   storage=os.path.join(d, "acme"), domains=["alpha.test", "beta.test"]), d)
+                                   storage=os.path.join(d, "acme"), domains=domains), d)
         p.start([port])
         try:
             first = p.wait_log(r"acme: \S+: order failed", timeout=10)[0]
             self.assertRegex(first, r"next in 4 s\): directory: HTTP 429 rateLimited: slow down$")
             time.sleep(2.5)
-            self.assertEqual(len(re.findall(r"order failed", p.log())), 1)
-            p.wait_log(r"acme: \S+: order failed", count=2, timeout=10)
+            failed = re.findall(r"acme: (\S+): order failed.*", p.log())
+            self.assertLessEqual(len(failed), 4)
+            self.assertEqual(len(re.findall(r"order failed.*next in 4 s", p.log())), len(failed))
+            p.wait_log(r"acme: \S+: order failed", count=len(failed) + 1, timeout=10)
         finally:
             self.assertEqual(p.stop(), 0)
             ca.stop()
@@ -421,15 +482,17 @@ class Acme(unittest.TestCase):
         self.assertIn(("DNS", "mail.hoster.test"), info["subjectAltName"])
 
     def test_pace(self):
-        # One new order per hour: the second domain waits for the budget, and says so.
+        # One new order per hour: whichever domain takes it, the other waits for the budget.
         p = self.start(["alpha.test", "beta.test"], extra="pace_orders = 1; pace_window = 3600;")
-        wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+        first = p.wait_log(r"acme: \S+: certificate issued", timeout=60)[0]
+        done, waiting = ("alpha", "beta") if "alpha.test" in first else ("beta", "alpha")
+        wait_issued("127.0.0.1", self.port, f"mail.{done}.test", self.pebble.root)
         time.sleep(3 * SLOW)
         self.assertEqual(self.pebble.log().count("Added order "), 1)
-        self.assertNotIn("beta.test: ordering", p.log())
+        self.assertNotIn(f"{waiting}.test: ordering", p.log())
         out = self.certs_output(p)
-        self.assertRegex(out, r"(?m)^mail\.beta\.test acme pending$")
-        self.assertRegex(out, r"(?m)^mail\.alpha\.test acme valid until ")
+        self.assertRegex(out, rf"(?m)^mail\.{waiting}\.test acme pending$")
+        self.assertRegex(out, rf"(?m)^mail\.{done}\.test acme valid until ")
 
     def test_renewal(self):
         # Pebble's certificates last about five years: a window of ten makes each due at once.
@@ -441,6 +504,35 @@ class Acme(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "the renewed certificate is not served")
             time.sleep(0.2)
         self.assertGreaterEqual(metric(self.admin, "mailsnid_acme_renewals_total"), 1)
+
+    def test_account_deactivated(self):
+        """The account is deactivated at the CA (its owner or the CA may do that; pebble has no
+        revocation of accounts, and a revoked one is refused the same way). The next order is
+        refused: logged, backed off; then the key is put aside, a new account registered, and
+        ordering goes on, while what was issued before is served all along."""
+        p = self.start(["alpha.test"])
+        first = wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+        with open(os.path.join(self.storage, "account.json")) as f:
+            url = json.load(f)["url"]
+        status, doc = acme_post(self.pebble.directory, os.path.join(self.storage, "account.key"),
+                                url, url, {"status": "deactivated"})
+        self.assertEqual((status, doc.get("status")), (200, "deactivated"))
+        with open(p.config) as f:
+            text = f.read()
+        with open(p.config, "w") as f:
+            f.write(text.replace('domains = [ "alpha.test" ]', 'domains = [ "alpha.test", "beta.test" ]'))
+        p.signal(signal.SIGHUP)
+        line = p.wait_log(r"acme: beta.test: order failed", timeout=30)[0]
+        self.assertRegex(line, r"\(attempt 1, next in 1 s\): newOrder: HTTP 40[13] unauthorized: .*deactivated")
+        p.wait_log(r"acme: the CA refuses the account key \(newAccount: HTTP 40[13] unauthorized: .*"
+                   r"deactivated\); it is kept as .*/account\.key\.deactivated-\d+ and a new account "
+                   r"is registered", timeout=30)
+        wait_issued("127.0.0.1", self.port, "mail.beta.test", self.pebble.root)
+        self.assertEqual(served("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)[0], first)
+        with open(os.path.join(self.storage, "account.json")) as f:
+            self.assertNotEqual(json.load(f)["url"], url)
+        self.assertEqual(len(glob.glob(os.path.join(self.storage, "account.key.deactivated-*"))), 1)
+        self.assertRegex(p.log(), r"acme: registered the account https://\S+")
 
     def test_two_instances_share_storage(self):
         # Two instances on one port, different addresses; pebble's DNS sends each domain's
@@ -459,10 +551,106 @@ class Acme(unittest.TestCase):
                 wait_issued(host, self.port, f"mail.{d}", self.pebble.root)
         issued = re.findall(r"acme: (\S+): certificate issued", p1.log() + p2.log())
         self.assertEqual(sorted(issued), domains)
-        self.assertEqual(self.pebble.log().count("Added order "), 4)
+        # One certificate per domain. (Orders may be more: one placed before the other
+        # instance listens fails its validation and is tried again.)
+        self.assertEqual(self.pebble.log().count("Issued certificate serial"), 4)
         by_one = set(re.findall(r"acme: (\S+): certificate issued", p1.log()))
         answered_by_two = set(re.findall(r"answering a tls-alpn-01 validation for mail\.(\S+)", p2.log()))
         self.assertTrue(by_one & answered_by_two, (by_one, answered_by_two))
+
+
+def mount_namespace_ok() -> bool:
+    """A private mount namespace with a tmpfs in it, and nsenter: refused in some containers."""
+    d = tempfile.mkdtemp(prefix="ns-", dir=TMP)
+    return shutil.which("nsenter") is not None and subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {d}"],
+        capture_output=True).returncode == 0
+
+
+@unittest.skipUnless(PEBBLE and shutil.which("pebble-challtestsrv") and shutil.which("unshare"),
+                     "pebble or unshare is not installed")
+class AcmeStorageFaults(unittest.TestCase):
+    """acme.storage full or read-only, for real: mailsnid runs in a private mount namespace
+    where the storage folder is a small tmpfs, which the test fills and frees through
+    /proc/PID/root and remounts through nsenter; the host's mounts never change."""
+
+    PAGE = 4096
+
+    def setUp(self):
+        if not mount_namespace_ok():
+            self.skipTest("no private mount namespace with a tmpfs here")
+        self.dir = tempfile.mkdtemp(prefix="s-", dir=TMP)
+        self.port, self.admin = free_port(), free_port()
+        self.pebble = Pebble(os.path.join(self.dir, "pebble"), self.port)
+        self.storage = os.path.join(self.dir, "acme")
+        os.makedirs(self.storage)
+        wrap = ["unshare", "-m", "sh", "-c",
+                'mount -t tmpfs -o size=1m,mode=0700 tmpfs "$0" && exec "$@"', self.storage]
+        self.p = MailsnidProcess(config(listen=f"127.0.0.1:{self.port}", backend=free_port(),
+                                        admin=self.admin, directory=self.pebble.directory,
+                                        storage=self.storage, domains=["alpha.test"]),
+                                 self.dir, wrap=wrap).start([self.port])
+        self.first = wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+        self.view = f"/proc/{self.p.proc.pid}/root{self.storage}"   # the storage as mailsnid sees it
+
+    def tearDown(self):
+        self.p.stop()
+        self.pebble.stop()
+
+    def add_domain(self, domain: str) -> None:
+        with open(self.p.config) as f:
+            text = f.read()
+        with open(self.p.config, "w") as f:
+            f.write(text.replace('domains = [ "alpha.test" ]', f'domains = [ "alpha.test", "{domain}" ]'))
+        self.p.signal(signal.SIGHUP)
+
+    def still_serving(self, waiting: str) -> None:
+        """The pair issued before is served; the name waiting gets the default."""
+        self.assertEqual(served("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)[0],
+                         self.first)
+        _, info = served("127.0.0.1", self.port, f"mail.{waiting}", PKI["ca"], check_hostname=False)
+        self.assertIn(("DNS", "mail.hoster.test"), info["subjectAltName"])
+
+    def test_storage_full(self):
+        # Fill the tmpfs, then give back three pages: enough for the domain's lock, its status
+        # line and one challenge at a time, not for the new pair's two files. So the order goes
+        # all the way and fails where it stores the pair, half-written.
+        filler = os.path.join(self.view, "filler")
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * self.PAGE)
+            except OSError as e:
+                self.assertEqual(e.errno, errno.ENOSPC)
+        os.truncate(filler, (os.path.getsize(filler) // self.PAGE - 3) * self.PAGE)
+        self.assertEqual(os.statvfs(self.view).f_bavail, 3)
+        self.add_domain("beta.test")
+        lines = self.p.wait_log(r"acme: beta.test: order failed", count=2, timeout=30)
+        self.assertRegex(lines[0], r"\(attempt 1, next in 1 s\): cannot store the certificate: "
+                                   r"No space left on device$")
+        self.assertRegex(lines[1], r"\(attempt 2, next in 2 s\): .*No space left on device$")
+        self.still_serving("beta.test")
+        storage_consistent(self, self.view)
+        os.unlink(filler)
+        wait_issued("127.0.0.1", self.port, "mail.beta.test", self.pebble.root)
+        storage_consistent(self, self.view)
+        self.assertEqual(served("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)[0],
+                         self.first)
+
+    def test_storage_read_only(self):
+        def remount(mode: str) -> None:
+            subprocess.run(["nsenter", "-t", str(self.p.proc.pid), "-m", "mount", "-o",
+                            f"remount,{mode}", self.storage], check=True)
+        remount("ro")
+        self.add_domain("beta.test")
+        lines = self.p.wait_log(r"acme: beta.test: order failed", count=2, timeout=30)
+        for n, line in enumerate(lines[:2]):
+            self.assertRegex(line, rf"\(attempt {n + 1}, next in {n + 1} s\): cannot lock in "
+                                   rf"{re.escape(self.storage)}: Read-only file system$")
+        self.still_serving("beta.test")
+        remount("rw")
+        wait_issued("127.0.0.1", self.port, "mail.beta.test", self.pebble.root)
+        storage_consistent(self, self.view)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <utime.h>
@@ -327,14 +329,77 @@ static void test_storage(void)
     CHECK(back && X509_cmp(back, x) == 0);
     X509_free(back);
     CHECK(acme_stored_cert(storage, "beta.test") == NULL);
+
+    /* A write that fails half-way (here a file size limit: the key fits, the chain does not;
+     * a full disk does the same): an error with its errno, the pair in service untouched, and
+     * nothing half-written left in storage. */
+    char padded[8192];
+    memset(padded, '#', sizeof padded);
+    memcpy(padded, cp, (size_t)cl);
+    struct rlimit was, small = { 4096, 4096 };
+    getrlimit(RLIMIT_FSIZE, &was);
+    small.rlim_max = was.rlim_max;
+    signal(SIGXFSZ, SIG_IGN);
+    CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0);
+    CHECK(acme_store_pair(storage, "alpha.test", padded, sizeof padded, kp, (size_t)kl) == -EFBIG);
+    CHECK(acme_store_pair(storage, "beta.test", padded, sizeof padded, kp, (size_t)kl) == -EFBIG);
+    setrlimit(RLIMIT_FSIZE, &was);
+    signal(SIGXFSZ, SIG_DFL);
+    snprintf(path, sizeof path, "%s/certs/alpha.test", storage);
+    CHECK(realpath(path, first) != NULL && strcmp(first, second) == 0);
+    CHECK(acme_stored_cert(storage, "beta.test") == NULL);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "test \"$(ls -A %s/archive)\" = \"$(basename %s)\" && "
+             "test -z \"$(find %s -name '*.tmp*' -o -name '.*' -path '*/certs/*')\"", storage,
+             second, storage);
+    CHECK(system(cmd) == 0);
     BIO_free(cb);
     BIO_free(kb);
     X509_free(x);
     EVP_PKEY_free(k);
 }
 
+/* How long to wait: polls start soon and double to two seconds, never before Retry-After;
+ * back-off doubles to its cap unless the CA asks for longer; the budget refills with time. */
+static void test_pace(void)
+{
+    CHECK(acme_poll_delay_ms(0, -1) == 50);
+    CHECK(acme_poll_delay_ms(1, -1) == 100);
+    CHECK(acme_poll_delay_ms(5, -1) == 1600);
+    CHECK(acme_poll_delay_ms(6, -1) == 2000);
+    CHECK(acme_poll_delay_ms(400, -1) == 2000);
+    CHECK(acme_poll_delay_ms(0, 3) == 3000);     /* Retry-After wins when longer */
+    CHECK(acme_poll_delay_ms(9, 1) == 2000);
+    CHECK(acme_poll_delay_ms(0, 0) == 50);
+    CHECK(acme_poll_delay_ms(0, 86400) == 86400000L);
+
+    CHECK(acme_backoff_s(0, 60, 86400, -1) == 60);
+    CHECK(acme_backoff_s(1, 60, 86400, -1) == 120);
+    CHECK(acme_backoff_s(10, 60, 86400, -1) == 61440);
+    CHECK(acme_backoff_s(11, 60, 86400, -1) == 86400);
+    CHECK(acme_backoff_s(4000000000u, 60, 86400, -1) == 86400);   /* no shift overflow */
+    CHECK(acme_backoff_s(0, 60, 86400, 600) == 600);
+    CHECK(acme_backoff_s(3, 60, 86400, 5) == 480);
+
+    /* 2 per 8 s, starting full: two now, the third when a token has grown back (4 s). */
+    struct acme_bucket b = { .tokens = 2, .at = 1000 };
+    time_t when = 0;
+    CHECK(acme_bucket_take(&b, 2, 8, 1000, &when));
+    CHECK(acme_bucket_take(&b, 2, 8, 1000, &when));
+    CHECK(!acme_bucket_take(&b, 2, 8, 1000, &when) && when == 1005);
+    CHECK(!acme_bucket_take(&b, 2, 8, 1002, &when) && when == 1005);
+    CHECK(acme_bucket_take(&b, 2, 8, 1004, &when));
+    /* A long pause refills to the cap, not beyond. */
+    CHECK(acme_bucket_take(&b, 2, 8, 5000, &when));
+    CHECK(acme_bucket_take(&b, 2, 8, 5000, &when));
+    CHECK(!acme_bucket_take(&b, 2, 8, 5000, &when));
+    /* A clock that steps back takes nothing away and gives nothing. */
+    CHECK(!acme_bucket_take(&b, 2, 8, 4000, &when));
+}
+
 int main(void)
 {
+    test_pace();
     snprintf(tmp, sizeof tmp, "/tmp/acme-test-XXXXXX");
     if (!mkdtemp(tmp)) {
         perror("mkdtemp");

@@ -719,6 +719,141 @@ static void test_acme_storage(void)
     cs_store_unref(s);
 }
 
+/* An update of ACME's pairs only must leave the snapshot a full build would make: the same
+ * pairs in the same order (ties go to the same one), the same names, each served the same. */
+static void same_as_full_build(const struct cs_store *upd, const struct conf *c)
+{
+    struct cs_store *full = build_ok(c, NULL, NULL);
+    if (!full)
+        return;
+    CHECK(upd->n_pairs == full->n_pairs);
+    for (size_t i = 0; i < upd->n_pairs && i < full->n_pairs; i++)
+        CHECK_STR(upd->pairs[i]->paths, full->pairs[i]->paths);
+    CHECK(upd->exact.n_entries == full->exact.n_entries);
+    CHECK(upd->wild.n_entries == full->wild.n_entries);
+    for (int w = 0; w < 2; w++) {
+        const struct cs_index *ix = w ? &full->wild : &full->exact;
+        for (size_t i = 0; i < ix->n_entries; i++) {
+            char name[CS_NAME_MAX + 3];
+            snprintf(name, sizeof name, "%s%s", w ? "x." : "", ix->names + ix->entries[i].name);
+            struct cs_match a, b;
+            cs_store_lookup(upd, name, strlen(name), now, &a);
+            cs_store_lookup(full, name, strlen(name), now, &b);
+            CHECK(a.kind == b.kind);
+            for (int t = 0; t < CS_KEY_TYPES; t++) {
+                CHECK(!a.pair[t] == !b.pair[t]);
+                if (a.pair[t] && b.pair[t] && strcmp(a.pair[t]->paths, b.pair[t]->paths) != 0) {
+                    fprintf(stderr, "%s: update serves %s, a full build %s\n", name,
+                            a.pair[t]->paths, b.pair[t]->paths);
+                    CHECK(false);
+                }
+            }
+        }
+    }
+    cs_store_unref(full);
+}
+
+static void acme2_pair(const char *dom, const char *const *sans, size_t n, time_t na)
+{
+    char crt[256], key[256];
+    mkdirf("acme2/certs/%s", dom);
+    pathf(crt, "acme2/certs/%s/fullchain.pem", dom);
+    pathf(key, "acme2/certs/%s/privkey.pem", dom);
+    unlink(crt);                          /* a new inode, as acme_store_pair's rename makes */
+    unlink(key);
+    gen_files(crt, key, false, NULL, sans, n, now - CG_DAY, na);
+}
+
+static struct cs_store *update_ok(struct cs_store *prev, const char *storage, char **domains,
+                                  size_t n)
+{
+    struct cs_store *s = NULL;
+    char *errors = NULL, *warnings = NULL;
+    CHECK(cs_store_update_acme(prev, storage, domains, n, &s, &errors, &warnings) == 0);
+    CHECK(s != NULL && errors == NULL);
+    free(errors);
+    free(warnings);
+    return s;
+}
+
+static void test_acme_update(void)
+{
+    struct conf c;
+    char storage[256];
+    le_conf(&c);
+    pathf(storage, "acme2");
+    c.acme.enabled = true;
+    c.acme.storage = storage;
+    mkdirf("acme2%s", "");
+    mkdirf("acme2/certs%s", "");
+    /* a.org: the operator's pair covers a.org, ACME's only mail.a.org. */
+    const char *a[] = { "a.org", "mail.a.org" }, *m[] = { "mail.m.org", "webmail.m.org" };
+    const char *k[] = { "mail.k.org" }, *z[] = { "mail.z.org", "*.z.org" }, *b[] = { "b.org" };
+    acme2_pair("a.org", a, 2, now + 60 * CG_DAY);
+    acme2_pair("m.org", m, 2, now + 60 * CG_DAY);
+    struct cs_store *s1 = build_ok(&c, NULL, NULL);
+    if (!s1)
+        return;
+
+    /* New domains before, between and after the ones loaded; one with nothing stored yet; one
+     * (b.org) whose only name the operator covers; and a name given twice. */
+    acme2_pair("k.org", k, 1, now + 60 * CG_DAY);
+    acme2_pair("z.org", z, 2, now + 60 * CG_DAY);
+    acme2_pair("0.org", k, 1, now + 30 * CG_DAY);   /* same name as k.org, expires sooner */
+    acme2_pair("b.org", b, 1, now + 60 * CG_DAY);
+    char *add[] = { "z.org", "k.org", "nothing.org", "0.org", "b.org", "k.org" };
+    struct cs_store *s2 = update_ok(s1, storage, add, 6);
+    if (!s2)
+        return;
+    struct cs_stats st;
+    cs_store_stats(s2, &st);
+    CHECK(st.pairs_added == 3 && st.pairs_changed == 0 && st.pairs_removed == 0);
+    char want[300];
+    pathf(want, "acme2/certs/k.org/fullchain.pem");
+    const struct cs_pair *pk = pair_for(s2, "mail.k.org");
+    CHECK(pk && strcmp(pk->paths, want) == 0);
+    CHECK(pair_for(s2, "mail.m.org") == pair_for(s1, "mail.m.org"));   /* shared, not re-read */
+    same_as_full_build(s2, &c);
+
+    /* A renewal: a.org's new pair adds a name; the operator still wins a.org. */
+    const char *a2[] = { "a.org", "mail.a.org", "new.a.org" };
+    acme2_pair("a.org", a2, 3, now + 90 * CG_DAY);
+    char *renew[] = { "a.org" };
+    struct cs_store *s3 = update_ok(s2, storage, renew, 1);
+    if (s3) {
+        cs_store_stats(s3, &st);
+        CHECK(st.pairs_added == 0 && st.pairs_changed == 1 && st.pairs_removed == 0);
+        CHECK(pair_for(s3, "new.a.org") && pair_for(s3, "new.a.org") == pair_for(s3, "mail.a.org"));
+        CHECK(pair_for(s3, "mail.a.org") != pair_for(s2, "mail.a.org"));
+        snprintf(want, sizeof want, "%s/a.org/fullchain.pem", le_live);
+        CHECK(pair_for(s3, "a.org") && strcmp(pair_for(s3, "a.org")->paths, want) == 0);
+        same_as_full_build(s3, &c);
+    }
+
+    /* A folder gone drops its pair; an unreadable one keeps the pair it had. */
+    char p[256], cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/acme2/certs/m.org'", tmp);
+    CHECK(system(cmd) == 0);
+    pathf(p, "acme2/certs/z.org/privkey.pem");
+    FILE *f = fopen(p, "w");
+    if (f) {
+        fputs("not a key\n", f);
+        fclose(f);
+    }
+    char *drop[] = { "m.org", "z.org" };
+    struct cs_store *s4 = s3 ? update_ok(s3, storage, drop, 2) : NULL;
+    if (s4) {
+        cs_store_stats(s4, &st);
+        CHECK(st.pairs_removed == 1 && st.pairs_changed == 0);
+        CHECK(pair_for(s4, "mail.m.org") == NULL);
+        CHECK(pair_for(s4, "mail.z.org") == pair_for(s3, "mail.z.org") && pair_for(s4, "mail.z.org"));
+        cs_store_unref(s4);
+    }
+    cs_store_unref(s1);
+    cs_store_unref(s2);
+    cs_store_unref(s3);
+}
+
 static void default_only_conf(struct conf *c)
 {
     memset(c, 0, sizeof(*c));
@@ -1129,6 +1264,7 @@ int main(int argc, char **argv)
     test_errors();
     test_cert_dirs();
     test_acme_storage();
+    test_acme_update();
     test_previous();
     test_tld_wildcard();
     test_index_ties();

@@ -1,0 +1,52 @@
+/* pace.c: how long to wait, as pure functions of what happened (unit-tested on their own):
+ * between two looks at a pending authorization or order, between two attempts for a failing
+ * domain, and before the next new order the global budget allows. */
+#include "acme/internal.h"
+
+/* A CA decides a validation in milliseconds (pebble) to a few seconds (Let's Encrypt): the
+ * first look comes soon and the gaps double from there, so a quick CA is not kept waiting a
+ * whole second per authorization and a slow one is not asked more than every two seconds. */
+#define POLL_FIRST_MS 50
+#define POLL_MAX_MS 2000
+
+long acme_poll_delay_ms(unsigned attempt, long retry_after_s)
+{
+    long ms = POLL_FIRST_MS;
+    for (unsigned i = 0; i < attempt && ms < POLL_MAX_MS; i++)
+        ms *= 2;
+    if (ms > POLL_MAX_MS)
+        ms = POLL_MAX_MS;
+    /* RFC 8555 7.5.1: never sooner than the CA asked. */
+    if (retry_after_s > 0 && retry_after_s * 1000 > ms)
+        ms = retry_after_s * 1000;
+    return ms;
+}
+
+unsigned long acme_backoff_s(unsigned failures, unsigned min_s, unsigned max_s, long retry_after_s)
+{
+    unsigned shift = failures < 20 ? failures : 20;
+    unsigned long wait = (unsigned long)min_s << shift;
+    if (wait > max_s)
+        wait = max_s;
+    if (retry_after_s > 0 && (unsigned long)retry_after_s > wait)
+        wait = (unsigned long)retry_after_s;
+    return wait;
+}
+
+bool acme_bucket_take(struct acme_bucket *b, unsigned per_window, unsigned window_s, time_t now,
+                      time_t *when)
+{
+    double rate = (double)per_window / window_s;
+    if (now > b->at) {                    /* a clock stepping back gives nothing */
+        b->tokens += (double)(now - b->at) * rate;
+        b->at = now;
+    }
+    if (b->tokens > per_window)
+        b->tokens = per_window;
+    if (b->tokens >= 1) {
+        b->tokens -= 1;
+        return true;
+    }
+    *when = now + (time_t)((1 - b->tokens) / rate) + 1;
+    return false;
+}
