@@ -158,7 +158,7 @@ soak: all
 
 # ---- the fleet (issue 12): HAProxy in front of two mailsnid instances, real Dovecot/Postfix
 # behind, pebble validating ACME through the balancer, each in its own network namespace
-# (needs root; ~30 s). `make test` runs it too, and prints a SKIP line with the reason where
+# (needs root; ~45 s). `make test` runs it too, and prints a SKIP line with the reason where
 # namespaces cannot be made; here that is a failure.
 fleet: deps
 	$(MAKE) $(BUILD)/mailsnid

@@ -84,6 +84,14 @@ class Pebble:
                     raise TimeoutError(f"pebble: nothing listens on {self.host}:{port}")
                 time.sleep(0.05)
 
+    def add_a(self, name: str, addr: str) -> None:
+        """From now on NAME resolves to ADDR (not to `answer`)."""
+        body = json.dumps({"host": name + ".", "addresses": [addr]}).encode()
+        with self.ns.entered():
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://{self.host}:{CHALL_MGMT}/add-a", data=body, method="POST"),
+                timeout=10).read()
+
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()

@@ -31,7 +31,9 @@ that reach both at once are each ordered once (pebble's log and both /metrics) a
 each one's certificate (verified against pebble's root); the validator's connections, spread
 round-robin, reach both instances and all are answered; and with the ordering instance's port
 out of rotation, the other one (which has not even reloaded the new domain yet) answers every
-validation, over TLS-ALPN-01 and over HTTP-01.
+validation, over TLS-ALPN-01 and over HTTP-01. A last one reproduces a known bug (an instance
+busy with another order misses a certificate stored meanwhile) and is skipped with a KNOWN BUG
+line where the bug shows.
 
 MAILSNID_FLEET_GRACE=0 runs the drain without a grace: the negative control, which fails
 connections (TLS EOF in the handshake) as issue 12 measured before drain_grace existed.
@@ -363,6 +365,31 @@ defaults
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()
+
+
+class HeldConnections(threading.Thread):
+    """A listener inside a namespace that accepts and answers nothing until release(): the CA's
+    validator waits on it, so the order it validates stays pending exactly that long."""
+
+    def __init__(self, ns: netns.Namespace, addr: str, port: int):
+        super().__init__(daemon=True)
+        with ns.entered():
+            self.sock = socket.create_server((addr, port))
+        self.held: list[socket.socket] = []
+
+    def run(self):
+        try:
+            while True:
+                self.held.append(self.sock.accept()[0])
+        except OSError:                 # release() closed the listener
+            pass
+
+    def release(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)      # wakes accept(); close() alone would not
+        self.join(5)
+        self.sock.close()
+        for c in self.held:
+            c.close()
 
 
 class ImapClient:
@@ -884,6 +911,50 @@ class Fleet(unittest.TestCase):
         self.assertEqual(self.pebble.new_orders(), orders + 1)
         self.assertEqual(self.pebble.new_orders(), len(doms))
         self.assertEqual(self.acme_orders(), len(doms))
+
+    def test_3e_acme_a_certificate_stored_while_an_instance_was_busy_is_served_by_it(self):
+        """A known ACME bug: its last step is skipped, saying so, until acme/sched.c is fixed.
+
+        An instance's ACME thread first looks at a domain when its turn comes. If another
+        instance stored the domain's certificate after this one's snapshot was built (its
+        reload) but before that first look, check_stored() takes it for one the snapshot
+        already has (d->seen is false), asks for no rebuild, and this instance serves the
+        default certificate for the domain until its next reload or issuance of its own. Here
+        b is kept busy by an order whose validation the CA cannot finish while a orders a
+        domain that b's last reload added. (With a rebuild on every first look that finds a
+        certificate, this passes: checked by hand.)"""
+        a, b = self.a, self.b
+        busy, new = "a0.test", "d7.test"            # b's thread looks at names in sorted order
+        held = HeldConnections(self.lb, "198.18.6.1", HTTP)
+        held.start()
+        for n in acme_names(busy):
+            self.pebble.add_a(n, "198.18.6.1")
+        self.addCleanup(self.set_acme_on_both, ACME_DOMAINS + (new,), "http-01")   # no busy
+        try:
+            b.set_acme(ACME_DOMAINS + (busy, new), "http-01")
+            b.reload()
+            b.proc.wait_log(rf"acme: {re.escape(busy)}: ordering")
+            wait_until("the CA to be held validating", lambda: held.held, 10)
+            a.set_acme(ACME_DOMAINS + (new,), "http-01")
+            a.reload()
+            a.proc.wait_log(rf"acme: {re.escape(new)}: certificate issued", timeout=60)
+        finally:
+            held.release()
+        b.proc.wait_log(rf"acme: {re.escape(busy)}: order failed", timeout=30)
+        self.assertIsNotNone(self.served_cert(a, f"mail.{new}"))
+        # b has now looked at d7.test and found a's certificate in the storage.
+        try:
+            wait_until(f"b to serve {new}'s certificate",
+                       lambda: self.served_cert(b, f"mail.{new}"), 10)
+        except AssertionError:
+            # Not a pass: the summary counts it as skipped. Remove this once sched.c is fixed.
+            self.skipTest(f"KNOWN BUG (acme/sched.c check_stored): b does not serve {new}, "
+                          f"stored by a after b's reload, before b's first look at it")
+
+    def set_acme_on_both(self, domains, challenge: str) -> None:
+        for inst in self.instances.values():
+            inst.set_acme(domains, challenge)
+            inst.reload()
 
     def test_4_sigusr2_upgrade_behind_the_balancer_fails_no_connection(self):
         b = self.b
