@@ -163,8 +163,9 @@ soak: all
 	  python3 tests/soak/soak.py --duration $(SOAK_TIME) --strict-unavailable
 
 # ---- the fleet (issue 12): HAProxy in front of two mailsnid instances, real Dovecot/Postfix
-# behind, each in its own network namespace (needs root; ~15 s). `make test` runs it too, and
-# prints a SKIP line with the reason where namespaces cannot be made; here that is a failure.
+# behind, pebble validating ACME through the balancer, each in its own network namespace
+# (needs root; ~45 s). `make test` runs it too, and prints a SKIP line with the reason where
+# namespaces cannot be made; here that is a failure.
 fleet: deps
 	$(MAKE) $(BUILD)/mailsnid
 	$(if $(filter 1,$(SANITIZE)),$(SAN_ENV)) MAILSNID_FLEET_REQUIRED=1 SANITIZE=$(SANITIZE) \

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import configparser
 import datetime as _dt
+import ipaddress
 import os
 import re
 import subprocess
@@ -130,6 +131,16 @@ def _keygen_args(key_type: str) -> list[str]:
     if key_type == "rsa":
         return ["-newkey", "rsa:2048"]
     raise ValueError(f"key_type must be 'ec' or 'rsa', not {key_type!r}")
+
+
+def _san_entry(name: str) -> str:
+    """An address is an IP entry (a server reached by address, such as a CA for tests inside
+    network namespaces); anything else a DNS name."""
+    try:
+        ipaddress.ip_address(name)
+        return f"IP:{name}"
+    except ValueError:
+        return f"DNS:{name}"
 
 
 def _write(path: str, data: str | bytes, mode: int = 0o644) -> None:
@@ -259,7 +270,8 @@ class CA:
               not_before: _dt.datetime | None = None, not_after: _dt.datetime | None = None,
               basename: str | None = None, out_dir: str | None = None,
               key_file: str | None = None) -> Leaf:
-        """Issue a server certificate for `names` (first name is the CN).
+        """Issue a server certificate for `names` (first name is the CN; an IP address becomes
+        an IP entry of the subjectAltName).
 
         validity: "valid" (now-1h .. now+days), "expired" (ended yesterday), or
         "not_yet_valid" (starts tomorrow); explicit not_before/not_after override it.
@@ -303,7 +315,7 @@ class CA:
                f"keyUsage = critical, {keyusage}", "extendedKeyUsage = serverAuth",
                "subjectKeyIdentifier = hash", "authorityKeyIdentifier = keyid"]
         if san:
-            ext.append("subjectAltName = " + ", ".join(f"DNS:{n}" for n in names))
+            ext.append("subjectAltName = " + ", ".join(_san_entry(n) for n in names))
         _write(work + ".ext", "\n".join(ext) + "\n")
 
         # ca.cnf is reused only for its [req] section; -subj gives the real subject.

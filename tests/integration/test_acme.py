@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 
 from mailsnid_runner import MAILSNID, SLOW, MailsnidProcess, free_port, wait_port
+from pebble import acme_config
 import certs
 
 TMP = ""
@@ -139,16 +140,7 @@ listeners = (
   {{ name = "https"; listen = "{listen}"; protocol = "http"; tls = "implicit"; backend = "127.0.0.1:{backend}"; }}
 );
 domains = [ {doms} ];
-acme = {{
-  directory = "{directory}";
-  storage = "{storage}";
-  ca_file = "{PKI['ca']}";
-  challenges = [ "tls-alpn-01" ];
-  names = [ "mail.%d", "webmail.%d" ];
-  backoff_min = 1; backoff_max = 3;
-  {extra}
-}};
-"""
+""" + acme_config(directory, storage, PKI["ca"], extra)
 
 
 def served(host: str, port: int, sni: str, cafile: str | None,
