@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "conf/conf.h"
 
@@ -36,6 +37,10 @@ struct acme;
  * and copy DOMAIN if it keeps it. LOG is the host's logger, called from those threads too. */
 struct acme_hooks {
     void (*issued)(void *arg, const char *domain);
+    /* Whether the running certificates already serve NAME with a pair valid until NOT_AFTER or
+     * later. Asked at the first look at a domain that has a stored pair: another instance
+     * sharing the storage may have stored it after this process's certificates were built. */
+    bool (*serving)(void *arg, const char *name, time_t not_after);
     void *arg;
     void (*log)(enum conf_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 };

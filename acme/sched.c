@@ -251,11 +251,23 @@ static bool covers_names(struct acme *m, const char *domain, X509 *x)
 /* Looks at DOMAIN's stored certificate: a new one (another instance's, or ours) means a
  * snapshot rebuild; returns the renewal time (1 when it lacks a wanted name), or 0 when there
  * is none. */
+/* At the first look at DOMAIN, whose stored pair is valid until NA: does this process already
+ * serve it? Its certificates were built at start or reload; an instance sharing the storage may
+ * have stored the pair since. */
+static bool first_look_serving(struct acme *m, const char *domain, time_t na)
+{
+    char name[512];
+    if (!m->hooks.serving || m->s->n_names == 0 ||
+        conf_acme_name(m->s->names[0], domain, name, sizeof name) <= 0)
+        return true;
+    return m->hooks.serving(m->hooks.arg, name, na);
+}
+
 static time_t check_stored(struct acme *m, struct acme_client *client, struct dom *d, X509 **cert)
 {
     X509 *x = acme_stored_cert(m->s->storage, d->name);
     time_t na = x ? cert_not_after(x) : 0;
-    if (d->seen && na != d->not_after && na)
+    if (na && (d->seen ? na != d->not_after : !first_look_serving(m, d->name, na)))
         m->hooks.issued(m->hooks.arg, d->name);
     d->seen = true;
     d->not_after = na;

@@ -4,8 +4,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "acme/acme.h"
+#include "certstore/certstore.h"
 #include "proxy/log.h"
 #include "proxy/reload.h"
 
@@ -62,13 +64,30 @@ static void issued(void *arg, const char *domain)
     uv_async_send(&h->issued);
 }
 
+/* On an ACME thread: the published snapshot is safe to read from any thread. An exact pair at
+ * least as new as the stored one is served already — ACME's own, or an operator's, which wins. */
+static bool serving(void *arg, const char *name, time_t not_after)
+{
+    struct acme_host *h = arg;
+    struct cs_store *store = cs_current_get(h->srv->certs);
+    if (!store)
+        return false;
+    struct cs_match match;
+    cs_store_lookup(store, name, strlen(name), time(NULL), &match);
+    bool served = false;
+    for (int k = 0; match.kind == CS_KIND_EXACT && k < CS_KEY_TYPES; k++)
+        served = served || (match.pair[k] && cs_pair_not_after(match.pair[k]) >= not_after);
+    cs_store_unref(store);
+    return served;
+}
+
 int acme_host_start(struct server *srv)
 {
     struct acme_host *h = calloc(1, sizeof *h);
     if (!h)
         return -1;
     h->srv = srv;
-    h->hooks = (struct acme_hooks){ .issued = issued, .arg = h, .log = log_msg };
+    h->hooks = (struct acme_hooks){ .issued = issued, .serving = serving, .arg = h, .log = log_msg };
     pthread_mutex_init(&h->lock, NULL);
     if (uv_async_init(srv->loop, &h->issued, on_issued) < 0) {
         pthread_mutex_destroy(&h->lock);

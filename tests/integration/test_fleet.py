@@ -31,9 +31,8 @@ that reach both at once are each ordered once (pebble's log and both /metrics) a
 each one's certificate (verified against pebble's root); the validator's connections, spread
 round-robin, reach both instances and all are answered; and with the ordering instance's port
 out of rotation, the other one (which has not even reloaded the new domain yet) answers every
-validation, over TLS-ALPN-01 and over HTTP-01. A last one reproduces a known bug (an instance
-busy with another order misses a certificate stored meanwhile) and is skipped with a KNOWN BUG
-line where the bug shows.
+validation, over TLS-ALPN-01 and over HTTP-01. A last one shows that an instance whose order
+threads are all busy serves a certificate another instance stored meanwhile.
 
 MAILSNID_FLEET_GRACE=0 runs the drain without a grace: the negative control, which fails
 connections (TLS EOF in the handshake) as issue 12 measured before drain_grace existed.
@@ -913,43 +912,42 @@ class Fleet(unittest.TestCase):
         self.assertEqual(self.acme_orders(), len(doms))
 
     def test_3e_acme_a_certificate_stored_while_an_instance_was_busy_is_served_by_it(self):
-        """A known ACME bug: its last step is skipped, saying so, until acme/sched.c is fixed.
-
-        An instance's ACME thread first looks at a domain when its turn comes. If another
-        instance stored the domain's certificate after this one's snapshot was built (its
-        reload) but before that first look, check_stored() takes it for one the snapshot
-        already has (d->seen is false), asks for no rebuild, and this instance serves the
-        default certificate for the domain until its next reload or issuance of its own. Here
-        b is kept busy by an order whose validation the CA cannot finish while a orders a
-        domain that b's last reload added. (With a rebuild on every first look that finds a
-        certificate, this passes: checked by hand.)"""
+        """An instance serves a certificate that another instance stored for a domain it lists,
+        although its own order threads were all busy when the pair was stored. Two paths put it
+        in service, and this shows that one does: the configuration watcher (the pair's files
+        appear under acme.storage: a reload) and the first look of an order thread at the domain
+        (acme/sched.c asks whether the running certificates already serve the stored pair).
+        Every order thread of b is kept busy by an order whose validation the CA cannot finish,
+        while a orders a domain that b's last reload added."""
         a, b = self.a, self.b
-        busy, new = "a0.test", "d7.test"            # b's thread looks at names in sorted order
+        # As many held orders as b has order threads (acme/sched.c ORDER_THREADS), listed first.
+        busy, new = ("a0.test", "a1.test", "a2.test", "a3.test"), "d7.test"
         held = HeldConnections(self.lb, "198.18.6.1", HTTP)
         held.start()
-        for n in acme_names(busy):
-            self.pebble.add_a(n, "198.18.6.1")
+        for dom in busy:
+            for n in acme_names(dom):
+                self.pebble.add_a(n, "198.18.6.1")
         self.addCleanup(self.set_acme_on_both, ACME_DOMAINS + (new,), "http-01")   # no busy
         try:
-            b.set_acme(ACME_DOMAINS + (busy, new), "http-01")
+            b.set_acme(busy + ACME_DOMAINS + (new,), "http-01")
             b.reload()
-            b.proc.wait_log(rf"acme: {re.escape(busy)}: ordering")
+            for dom in busy:
+                b.proc.wait_log(rf"acme: {re.escape(dom)}: ordering")
             wait_until("the CA to be held validating", lambda: held.held, 10)
             a.set_acme(ACME_DOMAINS + (new,), "http-01")
             a.reload()
             a.proc.wait_log(rf"acme: {re.escape(new)}: certificate issued", timeout=60)
+            self.assertNotRegex(b.proc.log(), rf"acme: {re.escape(new)}: ordering")
         finally:
             held.release()
-        b.proc.wait_log(rf"acme: {re.escape(busy)}: order failed", timeout=30)
-        self.assertIsNotNone(self.served_cert(a, f"mail.{new}"))
-        # b has now looked at d7.test and found a's certificate in the storage.
-        try:
-            wait_until(f"b to serve {new}'s certificate",
-                       lambda: self.served_cert(b, f"mail.{new}"), 10)
-        except AssertionError:
-            # Not a pass: the summary counts it as skipped. Remove this once sched.c is fixed.
-            self.skipTest(f"KNOWN BUG (acme/sched.c check_stored): b does not serve {new}, "
-                          f"stored by a after b's reload, before b's first look at it")
+        for dom in busy:
+            b.proc.wait_log(rf"acme: {re.escape(dom)}: order failed", timeout=30)
+        # a puts its own pair in service through a snapshot update, spaced after the last one.
+        wait_until(f"a to serve {new}'s certificate",
+                   lambda: self.served_cert(a, f"mail.{new}"), 10)
+        # b has now looked at d7.test for the first time and found a's certificate in storage.
+        wait_until(f"b to serve {new}'s certificate",
+                   lambda: self.served_cert(b, f"mail.{new}"), 10)
 
     def set_acme_on_both(self, domains, challenge: str) -> None:
         for inst in self.instances.values():
