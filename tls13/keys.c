@@ -16,7 +16,6 @@
  * like the provider that owns it). */
 static EVP_KDF *tls13_kdf;
 static pthread_once_t tls13_kdf_once = PTHREAD_ONCE_INIT;
-
 static void kdf_fetch(void)
 {
     tls13_kdf = EVP_KDF_fetch(NULL, OSSL_KDF_NAME_TLS1_3_KDF, NULL);
@@ -42,22 +41,20 @@ static size_t key_len(enum tls13_aead aead)
     return aead == TLS13_AES_128_GCM_SHA256 ? 16 : 32;
 }
 
-static const char *digest_name(enum tls13_aead aead)
-{
-    return aead == TLS13_AES_256_GCM_SHA384 ? "SHA384" : "SHA256";
-}
 
 /* ---- keylog lines ---- */
 
+/* A table, not branches: the digits of random secrets defeat branch prediction, and the parser
+ * runs inside every TLS 1.3 handshake. */
+static const signed char hex_table[256] = {
+    ['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8,
+    ['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15,
+    ['f'] = 16, ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
+};
+
 static int hex_val(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
+    return hex_table[(unsigned char)c] - 1;
 }
 
 /* Decodes N hex digits (N even, all checked by hex_run) from S into OUT. */
@@ -120,6 +117,8 @@ static EVP_KDF_CTX *expand_ctx(enum tls13_aead aead, const uint8_t *secret, size
     pthread_once(&tls13_kdf_once, kdf_fetch);
     if (tls13_kdf == NULL || secret_len != tls13_secret_len(aead))
         return NULL;
+    /* OpenSSL 3.0's HKDF cannot duplicate a context (EVP_KDF_CTX_dup came to it in 3.1), so the
+     * digest is named, and fetched, for each one. */
     EVP_KDF_CTX *kctx = EVP_KDF_CTX_new(tls13_kdf);
     if (kctx == NULL)
         return NULL;
@@ -129,7 +128,8 @@ static EVP_KDF_CTX *expand_ctx(enum tls13_aead aead, const uint8_t *secret, size
     static const uint8_t empty[1];
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
-        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)digest_name(aead), 0),
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
+                                         aead == TLS13_AES_256_GCM_SHA384 ? "SHA384" : "SHA256", 0),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)secret, secret_len),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PREFIX, (void *)prefix,
                                           sizeof(prefix) - 1),
