@@ -28,9 +28,9 @@ CONF_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard conf/*.c))
 CS_OBJ    := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard certstore/*.c))
 ACME_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard acme/*.c))
 TLS13_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tls13/*.c))
-PROXY_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out proxy/main.c,$(wildcard proxy/*.c)))
+PROXY_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out proxy/runtime/main.c,$(wildcard proxy/*/*.c)))
 LIB_OBJ   := $(PROXY_OBJ) $(TLS13_OBJ) $(ACME_OBJ) $(CS_OBJ) $(CONF_OBJ)
-MAIN_OBJ := $(BUILD)/obj/proxy/main.o
+MAIN_OBJ := $(BUILD)/obj/proxy/runtime/main.o
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
@@ -127,9 +127,9 @@ FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -I. -fno-omit-frame-pointer \
 FUZZ_TARGETS := conf sni proxyproto starttls http acme tls13
 FUZZ_SRC_conf := $(wildcard conf/*.c)
 FUZZ_SRC_sni := $(wildcard certstore/*.c)
-FUZZ_SRC_proxyproto := proxy/proxyproto.c
-FUZZ_SRC_starttls := proxy/st_engine.c proxy/st_imap.c proxy/st_pop3.c proxy/st_smtp.c
-FUZZ_SRC_http := proxy/http_parse.c proxy/http_setup.c proxy/http_reply.c
+FUZZ_SRC_proxyproto := proxy/conn/proxyproto.c
+FUZZ_SRC_starttls := proxy/mail/st_engine.c proxy/mail/st_imap.c proxy/mail/st_pop3.c proxy/mail/st_smtp.c
+FUZZ_SRC_http := proxy/http/http_parse.c proxy/http/http_setup.c proxy/http/http_reply.c
 FUZZ_SRC_acme := acme/parse.c acme/ari.c acme/jws.c acme/storage.c
 FUZZ_SRC_tls13 := tls13/record.c tls13/keys.c
 

@@ -39,7 +39,7 @@ enum cs_key_type { CS_KEY_ECDSA, CS_KEY_RSA, CS_KEY_OTHER, CS_KEY_TYPES };
  * Returns its length, or -EINVAL. */
 int cs_name_normalize(const char *name, size_t len, bool allow_wildcard, char *out);
 /* The hash of a normalised name for the store's index, and for any other index of names that
- * follows the same rules (proxy/routes.c). */
+ * follows the same rules (proxy/runtime/routes.c). */
 uint64_t cs_name_hash(const char *name, size_t len);
 
 /* Builds a snapshot from CONF: the default pair, the explicit pairs and every pair found under

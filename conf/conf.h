@@ -133,7 +133,7 @@ struct conf {
     size_t n_cert_dirs;
     struct conf_listener *listeners;
     size_t n_listeners;
-    struct conf_route *routes;            /* proxy/routes.c takes these out of the conf */
+    struct conf_route *routes;            /* proxy/runtime/routes.c takes these out of the conf */
     size_t n_routes;
     char **domains;                       /* customer domains: lower-cased, no trailing dot, unique */
     size_t n_domains;

@@ -5,8 +5,8 @@
  * host of at most HTTP_HOST_MAX bytes and an origin-form target, an error carries one of the
  * statuses the parser documents; an e-mail address the scanner accepts has one '@' and no
  * character XML would give a meaning to. */
-#include "proxy/http_parse.h"
-#include "proxy/http_setup.h"
+#include "proxy/http/http_parse.h"
+#include "proxy/http/http_setup.h"
 
 #include <stdlib.h>
 #include <string.h>

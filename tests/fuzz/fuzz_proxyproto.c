@@ -5,8 +5,8 @@
  * parse we can rebuild as v1 and v2 and parse back to the same addresses.
  *
  * clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -I. tests/fuzz/fuzz_proxyproto.c \
- *     proxy/proxyproto.c -o /tmp/fuzz_pp && /tmp/fuzz_pp tests/fuzz/corpus/proxyproto */
-#include "proxy/proxyproto.h"
+ *     proxy/conn/proxyproto.c -o /tmp/fuzz_pp && /tmp/fuzz_pp tests/fuzz/corpus/proxyproto */
+#include "proxy/conn/proxyproto.h"
 
 #include <errno.h>
 #include <netinet/in.h>

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "proxy/starttls.h"
+#include "proxy/mail/starttls.h"
 
 struct sink_state {
     size_t to_backend;

@@ -1562,7 +1562,7 @@ class StarttlsAfterTls(Base):
     after TLS"). A backend with TLS of its own (Dovecot with ssl = yes or required, which
     operators may keep behind the proxy) advertises it itself on the fresh session."""
 
-    # BUG (proxy/starttls.c, greeting_backend_input -> relay_start): after STARTTLS the fresh
+    # BUG (proxy/mail/starttls.c, greeting_backend_input -> relay_start): after STARTTLS the fresh
     # backend session is relayed blind, so the backend's own STARTTLS/STLS reaches the client.
     def test_imap_strict_dovecot(self):
         w = Wire(PORTS["imap_pp2"])

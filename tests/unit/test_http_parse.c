@@ -1,11 +1,11 @@
-/* Unit tests for proxy/http_parse.c. Every input is parsed whole, split in two at every byte
+/* Unit tests for proxy/http/http_parse.c. Every input is parsed whole, split in two at every byte
  * offset, and byte by byte; all three must agree on the result, the status, the bytes consumed
  * and every field of the request. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../proxy/http_parse.h"
+#include "proxy/http/http_parse.h"
 #include "check.h"
 
 /* Feeds IN in steps of STEP bytes, or in two pieces cut at CUT, or whole (both 0); returns the

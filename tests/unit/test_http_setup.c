@@ -1,4 +1,4 @@
-/* Unit tests for proxy/http_setup.c and proxy/http_reply.c: which hosts are setup sites, the
+/* Unit tests for proxy/http/http_setup.c and proxy/http/http_reply.c: which hosts are setup sites, the
  * three documents with their headers (and HEAD), XML escaping, the Autodiscover request
  * scanner on good, hostile and truncated bodies, and the redirect. */
 #include <errno.h>
@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "../../conf/conf.h"
-#include "../../proxy/http_setup.h"
+#include "proxy/http/http_setup.h"
 #include "check.h"
 
 const char *__lsan_default_suppressions(void);

@@ -1,6 +1,6 @@
 /* PROXY protocol codec: round trips, exact bytes, every valid header split at every offset, and
  * malformed input rejected at the earliest byte that proves it wrong. */
-#include "proxy/proxyproto.h"
+#include "proxy/conn/proxyproto.h"
 #include "check.h"
 
 #include <arpa/inet.h>

@@ -1,4 +1,4 @@
-/* Unit tests for proxy/routes.c: the name rules (exact, then one-label wildcard, by protocol),
+/* Unit tests for proxy/runtime/routes.c: the name rules (exact, then one-label wildcard, by protocol),
  * ownership of the routes taken out of the conf, and a 100,000-name map. */
 #include <errno.h>
 #include <limits.h>
@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "../../conf/conf.h"
-#include "../../proxy/routes.h"
+#include "proxy/runtime/routes.h"
 #include "check.h"
 
 static char dir[PATH_MAX];

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "proxy/starttls.h"
+#include "proxy/mail/starttls.h"
 
 struct out {
     char client[65536], backend[65536];
