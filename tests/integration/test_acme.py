@@ -7,7 +7,10 @@ what it got with pebble's chain (verified against the root from pebble's managem
 it across a restart without a new order, orders a domain a reload adds, backs off on a domain
 whose validation fails without holding up the others, renews when the renewal window says so,
 and two instances sharing one storage order each domain once (and each answers validations for
-orders the other placed).
+orders the other placed). Faults: a CA that cannot be reached, answers nonsense, a 429 or a
+problem document (FakeCA); TLS to pebble that does not verify; an account pebble deactivated;
+storage full or read-only; and, through tests/harness/ca_proxy.py in front of pebble, orders
+that stay pending and renewal information (RFC 9773, which pebble 2.4 lacks).
 """
 
 from __future__ import annotations
