@@ -27,6 +27,7 @@ struct acme_settings {
     size_t n_names;
     enum conf_acme_key key_type;
     unsigned pace_orders, pace_window_s, renew_before_days, backoff_min_s, backoff_max_s;
+    unsigned order_timeout_s;
 };
 
 struct acme;

@@ -104,7 +104,7 @@ int acme_net_request(struct acme_net *net, const char *url, const char *body, bo
 {
     CURL *c = net->curl;
     struct curl_slist *hdr = NULL;
-    char accept_line[128];
+    char accept_line[128], detail[CURL_ERROR_SIZE] = "";
 
     acme_http_clear(r);
     curl_easy_reset(c);
@@ -121,6 +121,10 @@ int acme_net_request(struct acme_net *net, const char *url, const char *body, bo
     curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(c, CURLOPT_XFERINFODATA, net);
+    /* curl_easy_strerror says only "SSL peer certificate or SSH remote key was not OK"; the
+     * buffer says which ("unable to get local issuer certificate", "no alternative certificate
+     * subject name matches"), and that is what an operator fixing ca_file needs. */
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, detail);
     if (net->ca_file)
         curl_easy_setopt(c, CURLOPT_CAINFO, net->ca_file);
     if (accept) {
@@ -137,8 +141,10 @@ int acme_net_request(struct acme_net *net, const char *url, const char *body, bo
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(hdr);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);   /* DETAIL goes out of scope */
     if (rc != CURLE_OK) {
-        snprintf(r->error, sizeof r->error, "%s: %s", url, curl_easy_strerror(rc));
+        snprintf(r->error, sizeof r->error, "%s: %s%s%s", url, curl_easy_strerror(rc),
+                 detail[0] ? ": " : "", detail);
         return -EIO;
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);

@@ -40,9 +40,19 @@ int acme_parse_rfc3339(const char *v, size_t len, time_t *out);
  * short at first, doubling up to two seconds, and never less than the CA's Retry-After
  * (RETRY_AFTER_S, -1 when it sent none). */
 long acme_poll_delay_ms(unsigned attempt, long retry_after_s);
+/* The same wait for an order that began ELAPSED_MS ago and may take LIMIT_MS in all (its
+ * authorizations, its readiness and its certificate together), or -1 when that look would
+ * come after the limit: the order is abandoned, so that a CA that never decides holds an order
+ * thread for a bounded time only. */
+long acme_poll_wait_ms(unsigned attempt, long retry_after_s, long elapsed_ms, long limit_ms);
 /* Seconds before the next attempt for a domain that has failed FAILURES times before this
  * failure: MIN_S doubling per failure up to MAX_S, or the CA's Retry-After when that is longer. */
 unsigned long acme_backoff_s(unsigned failures, unsigned min_s, unsigned max_s, long retry_after_s);
+/* Seconds until renewalInfo is asked again about a certificate whose window has not begun:
+ * the CA's Retry-After (RETRY_AFTER_S, -1 when it sent none: six hours), but not sooner than a
+ * minute nor later than a day (RFC 9773 4.3), so neither a CA's 0 nor its silence leaves a
+ * certificate the CA wants replaced (a revocation ahead) unasked for long. */
+unsigned long acme_ari_recheck_s(long retry_after_s);
 /* The budget of new orders: PER_WINDOW per WINDOW_S seconds, refilled continuously. Takes one
  * and returns true, or returns false and sets *WHEN to the second when one will be there. */
 struct acme_bucket {
@@ -77,7 +87,7 @@ struct acme_http {
     char nonce[128];                      /* Replay-Nonce, "" when none */
     char location[1024];                  /* Location, "" when none */
     long retry_after;                     /* seconds, -1 when absent */
-    char error[256];                      /* transport failure (then status is 0) */
+    char error[512];                      /* transport failure (then status is 0) */
 };
 struct acme_net;
 /* CA_FILE may be NULL (the system's trust). STOP, when it becomes true, aborts a transfer. */
@@ -145,9 +155,11 @@ void acme_client_order(struct acme_client *c, const char *domain, char **names, 
                        const char *replaces, struct acme_result *res);
 /* How many badNonce answers were retried so far (RFC 8555 6.5). */
 unsigned long acme_client_nonce_retries(const struct acme_client *c);
-/* The directory's renewalInfo URL, "" when it has none (after the first request). */
-const char *acme_client_renewal_info(struct acme_client *c);
-/* GET renewalInfo/CERT_ID. Returns 0 with the window, or negative. */
-int acme_client_ari(struct acme_client *c, const char *cert_id, time_t *start, time_t *end);
+/* GET renewalInfo/CERT_ID (reading the directory first when it has not been). Returns 0 with
+ * the window and *RETRY_AFTER (seconds, -1 when the CA sent none), -ENOENT when the directory
+ * has no renewalInfo, or another negative value when the CA could not be asked or answered
+ * nonsense. */
+int acme_client_ari(struct acme_client *c, const char *cert_id, time_t *start, time_t *end,
+                    long *retry_after);
 
 #endif

@@ -17,7 +17,6 @@
 #include "acme/internal.h"
 
 #define NONCE_RETRIES 5
-#define POLL_LIMIT_MS 120000              /* an authorization or order may stay pending this long */
 #define ACCOUNT_LOCK ".account"           /* locks/.account.lock (no domain starts with a dot) */
 #define ACCOUNT_LOCK_WAIT 30              /* seconds: a registration never takes this long */
 
@@ -33,6 +32,7 @@ struct acme_client {
     char *new_nonce, *new_account, *new_order, *renewal_info;
     char nonce[128];
     unsigned long nonce_retries;          /* badNonce answers retried, for the log */
+    struct timespec order_began;          /* CLOCK_MONOTONIC: the polls' deadline counts from it */
 };
 
 struct acme_client *acme_client_new(const struct acme_settings *s, const volatile bool *stop,
@@ -120,15 +120,25 @@ static bool sleep_or_stop(struct acme_client *c, long ms)
     return !*c->stop;
 }
 
-/* Before the next look at something pending: false (with RES filled in) when the look would
- * come after the limit, or the thread is stopping. *WAITED adds up the sleeps. A Retry-After
- * that points past the limit becomes the domain's back-off. */
-static bool poll_pause(struct acme_client *c, const char *what, unsigned attempt, long retry_after,
-                       long *waited, struct acme_result *res)
+static long ms_since(const struct timespec *t)
 {
-    long ms = acme_poll_delay_ms(attempt, retry_after);
-    if (*waited + ms > POLL_LIMIT_MS) {
-        fail(res, "%s still pending after %ld s", what, (*waited + 999) / 1000);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
+}
+
+/* Before the next look at WHAT, which is still STATE: false (with RES filled in) when the look
+ * would come after the order's deadline (order_timeout from its start, whatever it waited for:
+ * every authorization, readiness, the certificate), or the thread is stopping. A Retry-After
+ * that points past the deadline becomes the domain's back-off. */
+static bool poll_pause(struct acme_client *c, const char *what, const char *state,
+                       unsigned attempt, long retry_after, struct acme_result *res)
+{
+    long ms = acme_poll_wait_ms(attempt, retry_after, ms_since(&c->order_began),
+                                (long)c->s->order_timeout_s * 1000);
+    if (ms < 0) {
+        fail(res, "%s is still %s after the order's %u s (order_timeout)", what, state,
+             c->s->order_timeout_s);
         if (retry_after > 0)
             res->retry_after = retry_after;
         return false;
@@ -137,7 +147,6 @@ static bool poll_pause(struct acme_client *c, const char *what, unsigned attempt
         fail(res, "stopping");
         return false;
     }
-    *waited += ms;
     return true;
 }
 
@@ -175,11 +184,6 @@ static int load_directory(struct acme_client *c, struct acme_result *res)
 unsigned long acme_client_nonce_retries(const struct acme_client *c)
 {
     return c->nonce_retries;
-}
-
-const char *acme_client_renewal_info(struct acme_client *c)
-{
-    return c->renewal_info ? c->renewal_info : "";
 }
 
 static int fresh_nonce(struct acme_client *c, struct acme_result *res)
@@ -472,13 +476,13 @@ static int authorize(struct acme_client *c, const char *url, struct acme_result 
         fail_http(res, tname, &h);
         rc = -EIO;
     }
-    long waited = 0, retry_after = h.retry_after;
+    long retry_after = h.retry_after;
     unsigned attempt = 0;
     acme_http_clear(&h);
-    char what[300];
+    char what[300], state[32] = "pending";
     snprintf(what, sizeof what, "%s: authorization", id);
     while (rc == 0) {
-        if (!poll_pause(c, what, attempt++, retry_after, &waited, res)) {
+        if (!poll_pause(c, what, state, attempt++, retry_after, res)) {
             rc = *c->stop ? -ECANCELED : -ETIMEDOUT;
             break;
         }
@@ -494,7 +498,9 @@ static int authorize(struct acme_client *c, const char *url, struct acme_result 
             json_decref(a);
             acme_http_clear(&h);
             break;
-        } else if (strcmp(st, "pending") != 0 && strcmp(st, "processing") != 0) {
+        } else if (strcmp(st, "pending") == 0 || strcmp(st, "processing") == 0) {
+            snprintf(state, sizeof state, "%s", st);
+        } else {
             /* The reason sits in the challenge that failed. */
             const char *detail = NULL;
             size_t i;
@@ -597,7 +603,6 @@ static json_t *poll_order(struct acme_client *c, const char *url, const char *un
                           struct acme_result *res)
 {
     struct acme_http h = { 0 };
-    long waited = 0;
     for (unsigned attempt = 0;; attempt++) {
         if (post(c, url, "", true, NULL, &h, res) < 0)
             return NULL;
@@ -611,12 +616,12 @@ static json_t *poll_order(struct acme_client *c, const char *url, const char *un
         } else if (strcmp(st, "invalid") == 0) {
             fail(res, "order became invalid");
         } else {
-            char what[64];
-            snprintf(what, sizeof what, "order (%.20s)", st);
+            char state[32];
+            snprintf(state, sizeof state, "%s", st);
             long retry_after = h.retry_after;
             json_decref(o);
             acme_http_clear(&h);
-            if (poll_pause(c, what, attempt, retry_after, &waited, res))
+            if (poll_pause(c, "the order", state, attempt, retry_after, res))
                 continue;
             return NULL;
         }
@@ -637,6 +642,7 @@ void acme_client_order(struct acme_client *c, const char *domain, char **names, 
 
     memset(res, 0, sizeof *res);
     res->retry_after = -1;
+    clock_gettime(CLOCK_MONOTONIC, &c->order_began);
     if (load_directory(c, res) < 0 || ensure_account(c, res) < 0)
         return;
 
@@ -737,16 +743,21 @@ out:
     free(csr);
 }
 
-int acme_client_ari(struct acme_client *c, const char *cert_id, time_t *start, time_t *end)
+int acme_client_ari(struct acme_client *c, const char *cert_id, time_t *start, time_t *end,
+                    long *retry_after)
 {
     struct acme_result res = { 0 };
     struct acme_http h = { 0 };
     char url[2048];
-    if (load_directory(c, &res) < 0 || !c->renewal_info)
+    *retry_after = -1;
+    if (load_directory(c, &res) < 0)
+        return -EIO;
+    if (!c->renewal_info)
         return -ENOENT;
     snprintf(url, sizeof url, "%s%s%s", c->renewal_info,
              c->renewal_info[strlen(c->renewal_info) - 1] == '/' ? "" : "/", cert_id);
     int rc = acme_net_request(c->net, url, NULL, false, NULL, &h);
+    *retry_after = h.retry_after;
     if (rc == 0)
         rc = h.status == 200 && h.body ? acme_ari_window(h.body, h.body_len, start, end) : -EIO;
     acme_http_clear(&h);

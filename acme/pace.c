@@ -22,6 +22,25 @@ long acme_poll_delay_ms(unsigned attempt, long retry_after_s)
     return ms;
 }
 
+long acme_poll_wait_ms(unsigned attempt, long retry_after_s, long elapsed_ms, long limit_ms)
+{
+    long ms = acme_poll_delay_ms(attempt, retry_after_s);
+    return ms > limit_ms - elapsed_ms ? -1 : ms;
+}
+
+#define ARI_RECHECK_DEFAULT (6 * 3600)
+#define ARI_RECHECK_MIN 60
+#define ARI_RECHECK_MAX 86400
+
+unsigned long acme_ari_recheck_s(long retry_after_s)
+{
+    if (retry_after_s < 0)
+        return ARI_RECHECK_DEFAULT;
+    if (retry_after_s < ARI_RECHECK_MIN)
+        return ARI_RECHECK_MIN;
+    return retry_after_s > ARI_RECHECK_MAX ? ARI_RECHECK_MAX : (unsigned long)retry_after_s;
+}
+
 unsigned long acme_backoff_s(unsigned failures, unsigned min_s, unsigned max_s, long retry_after_s)
 {
     unsigned shift = failures < 20 ? failures : 20;

@@ -108,6 +108,7 @@ static struct acme_settings *settings_copy(const struct conf_acme *a)
     s->renew_before_days = a->renew_before_days;
     s->backoff_min_s = a->backoff_min_s;
     s->backoff_max_s = a->backoff_max_s;
+    s->order_timeout_s = a->order_timeout_s;
     if (!ok) {
         settings_free(s);
         return NULL;
@@ -201,7 +202,8 @@ static void pause_all(struct acme *m, time_t until)
     pthread_mutex_unlock(&m->lock);
 }
 
-/* When the stored certificate X of DOMAIN is due for renewal. */
+/* When the stored certificate X of DOMAIN is due for renewal, or (ARI) when to ask the CA
+ * again, whichever comes first. */
 static time_t due_at(struct acme *m, struct acme_client *client, const char *domain, X509 *x)
 {
     time_t nb = 0, na = 0;
@@ -212,22 +214,27 @@ static time_t due_at(struct acme *m, struct acme_client *client, const char *dom
         na = timegm(&tm);
     if (m->s->renew_before_days)
         return na - (time_t)m->s->renew_before_days * 86400;
-    if (acme_client_renewal_info(client)[0]) {
-        char *id = acme_ari_cert_id(x);
-        time_t start, end;
-        int rc = id ? acme_client_ari(client, id, &start, &end) : -EINVAL;
-        free(id);
-        /* RFC 9773 4.2 asks for a random point in the window, to spread renewals. One fixed
-         * by the domain's name spreads them as well and stays put when asked again, so every
-         * instance sharing the storage agrees on it. */
-        if (rc == 0) {
-            unsigned long h = 5381;
-            for (const char *p = domain; *p; p++)
-                h = h * 33 + (unsigned char)*p;
-            return start + (end > start ? (time_t)(h % (unsigned long)(end - start)) : 0);
-        }
-    }
-    return nb + (na - nb) * 2 / 3;
+    time_t lifetime = nb + (na - nb) * 2 / 3;
+    char *id = acme_ari_cert_id(x);
+    time_t start, end;
+    long retry_after;
+    int rc = id ? acme_client_ari(client, id, &start, &end, &retry_after) : -ENOENT;
+    free(id);
+    if (rc == -ENOENT)                    /* a CA without ARI (or a certificate without AKI) */
+        return lifetime;
+    /* The window may move (a CA about to revoke moves it into the past): ask again when the CA
+     * says, and when it could not be asked, within hours rather than at two thirds. */
+    time_t recheck = time(NULL) + (time_t)acme_ari_recheck_s(retry_after);
+    if (rc < 0)
+        return lifetime < recheck ? lifetime : recheck;
+    /* RFC 9773 4.2 asks for a random point in the window, to spread renewals. One fixed by the
+     * domain's name spreads them as well and stays put when asked again, so every instance
+     * sharing the storage agrees on it. */
+    unsigned long h = 5381;
+    for (const char *p = domain; *p; p++)
+        h = h * 33 + (unsigned char)*p;
+    time_t point = start + (end > start ? (time_t)(h % (unsigned long)(end - start)) : 0);
+    return point < recheck ? point : recheck;
 }
 
 static time_t cert_not_after(X509 *x)

@@ -11,12 +11,19 @@ static const char *const challenge_names[] = { "tls-alpn-01", "http-01", NULL };
 static const char *const key_names[] = { "ecdsa", "rsa", NULL };
 static const char *const acme_keys[] = {
     "directory", "contact", "storage", "ca_file", "challenges", "names", "key_type",
-    "pace_orders", "pace_window", "renew_before_days", "backoff_min", "backoff_max", NULL
+    "pace_orders", "pace_window", "renew_before_days", "backoff_min", "backoff_max",
+    "order_timeout", NULL
 };
 
 /* Let's Encrypt's default limit on new orders: 300 per account per 3 hours. */
 #define PACE_ORDERS 300
 #define PACE_WINDOW (3 * 3600)
+/* How long one order may wait for the CA to decide (authorizations pending, the order
+ * processing): Let's Encrypt takes seconds; a CA that takes longer is asked again after the
+ * back-off, with a new order. At most 300 s: a domain's lock in storage is taken over as stale
+ * after 600 s, and an order's requests (up to a minute each) must end well before that. */
+#define ORDER_TIMEOUT 120
+#define ORDER_TIMEOUT_MAX 300
 /* Also Let's Encrypt's: at most 100 names per certificate. */
 #define MAX_NAMES 100
 
@@ -143,6 +150,7 @@ void conf_parse_acme(struct conf_ctx *ctx, struct conf *conf, const config_setti
     a->pace_window_s = PACE_WINDOW;
     a->backoff_min_s = 60;
     a->backoff_max_s = 86400;
+    a->order_timeout_s = ORDER_TIMEOUT;
     if (!g || !conf_is_group(ctx, g))
         return;
     a->enabled = true;
@@ -185,6 +193,9 @@ void conf_parse_acme(struct conf_ctx *ctx, struct conf *conf, const config_setti
         a->backoff_min_s == 0)
         conf_error(ctx, config_setting_get_member(g, "backoff_min"), "must be at least 1 second");
     conf_read_uint(ctx, g, "backoff_max", CONF_MAX_SECONDS, &a->backoff_max_s);
+    if (conf_read_uint(ctx, g, "order_timeout", ORDER_TIMEOUT_MAX, &a->order_timeout_s) > 0 &&
+        a->order_timeout_s == 0)
+        conf_error(ctx, config_setting_get_member(g, "order_timeout"), "must be at least 1 second");
     if (a->backoff_max_s < a->backoff_min_s)
         conf_error(ctx, g, "backoff_max (%u) is less than backoff_min (%u)", a->backoff_max_s,
                    a->backoff_min_s);

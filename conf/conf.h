@@ -99,6 +99,7 @@ struct conf_acme {
     unsigned pace_window_s;               /* ... per this many seconds (default 300 per 3 h) */
     unsigned renew_before_days;           /* 0 = ARI, else two thirds of the lifetime */
     unsigned backoff_min_s, backoff_max_s; /* a failing domain waits min, 2 min, ... up to max */
+    unsigned order_timeout_s;             /* an order still pending after this is abandoned */
     int line;
 };
 

@@ -7,7 +7,10 @@ what it got with pebble's chain (verified against the root from pebble's managem
 it across a restart without a new order, orders a domain a reload adds, backs off on a domain
 whose validation fails without holding up the others, renews when the renewal window says so,
 and two instances sharing one storage order each domain once (and each answers validations for
-orders the other placed).
+orders the other placed). Faults: a CA that cannot be reached, answers nonsense, a 429 or a
+problem document (FakeCA); TLS to pebble that does not verify; an account pebble deactivated;
+storage full or read-only; and, through tests/harness/ca_proxy.py in front of pebble, orders
+that stay pending and renewal information (RFC 9773, which pebble 2.4 lacks).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import urllib.request
 
 from mailsnid_runner import MAILSNID, SLOW, MailsnidProcess, free_port, wait_port
 from pebble import acme_config
+from ca_proxy import CaProxy
 import certs
 
 TMP = ""
@@ -130,7 +134,7 @@ class Pebble:
 
 
 def config(*, listen: str, backend: int, admin: int, directory: str, storage: str,
-           domains: list[str], extra: str = "") -> str:
+           domains: list[str], extra: str = "", ca_file: str | None = None) -> str:
     doms = ", ".join(f'"{d}"' for d in domains)
     return f"""
 log = {{ level = "info"; }};
@@ -140,7 +144,7 @@ listeners = (
   {{ name = "https"; listen = "{listen}"; protocol = "http"; tls = "implicit"; backend = "127.0.0.1:{backend}"; }}
 );
 domains = [ {doms} ];
-""" + acme_config(directory, storage, PKI["ca"], extra)
+""" + acme_config(directory, storage, ca_file or PKI["ca"], extra)
 
 
 def served(host: str, port: int, sni: str, cafile: str | None,
@@ -218,6 +222,19 @@ def acme_post(directory: str, key_path: str, kid: str, url: str, payload: dict) 
             if not doc.get("type", "").endswith(":badNonce"):
                 return e.code, doc
     raise AssertionError("pebble rejected 20 nonces in a row")
+
+
+def ari_cert_id(der: bytes) -> str:
+    """RFC 9773 4.1: base64url(AKI keyIdentifier) "." base64url(the serial's DER content), as
+    openssl reads them from the certificate."""
+    text = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-ext",
+                           "authorityKeyIdentifier", "-serial"], input=der, capture_output=True,
+                          check=True).stdout.decode()
+    aki = re.search(r"Authority Key Identifier:\s*(?:keyid:)?([0-9A-F:]+)", text).group(1)
+    serial = int(re.search(r"serial=([0-9A-F]+)", text).group(1), 16)
+    # DER content octets: big-endian, with a leading zero when the top bit is set.
+    return (b64u(bytes.fromhex(aki.replace(":", ""))) + "." +
+            b64u(serial.to_bytes(serial.bit_length() // 8 + 1, "big")))
 
 
 def storage_consistent(test: unittest.TestCase, storage: str) -> None:
@@ -347,17 +364,28 @@ class Acme(unittest.TestCase):
         self.pebble = Pebble(os.path.join(self.dir, "pebble"), self.port, reject, self.http_port)
         self.storage = os.path.join(self.dir, "acme")
         self.procs: list[MailsnidProcess] = []
+        self.proxy: CaProxy | None = None
 
     def tearDown(self):
         for p in self.procs:
             p.stop()
+        if self.proxy:
+            self.proxy.stop()
         self.pebble.stop()
 
-    def start(self, domains, name="mailsnid", listen=None, admin=None, extra=""):
+    def ca_proxy(self) -> CaProxy:
+        """tests/harness/ca_proxy.py in front of this test's pebble."""
+        self.proxy = CaProxy(self.pebble.port, cert=PKI["pebble_cert"], key=PKI["pebble_key"],
+                             trust=PKI["ca"])
+        return self.proxy
+
+    def start(self, domains, name="mailsnid", listen=None, admin=None, extra="", directory=None,
+              ca_file=None):
         listen = listen or f"127.0.0.1:{self.port}"
         p = MailsnidProcess(config(listen=listen, backend=free_port(), admin=admin or self.admin,
-                                   directory=self.pebble.directory, storage=self.storage,
-                                   domains=domains, extra=extra),
+                                   directory=directory or self.pebble.directory,
+                                   storage=self.storage, domains=domains, extra=extra,
+                                   ca_file=ca_file),
                             self.dir, name=name)
         host, port = listen.rsplit(":", 1)
         p.start([int(port)] if host == "127.0.0.1" else [])
@@ -525,6 +553,111 @@ class Acme(unittest.TestCase):
             self.assertNotEqual(json.load(f)["url"], url)
         self.assertEqual(len(glob.glob(os.path.join(self.storage, "account.key.deactivated-*"))), 1)
         self.assertRegex(p.log(), r"acme: registered the account https://\S+")
+
+    def reconfigure(self, p: MailsnidProcess, *changes: tuple[str, str]) -> None:
+        """Replaces each OLD text of P's configuration with NEW, and reloads."""
+        with open(p.config) as f:
+            text = f.read()
+        for old, new in changes:
+            self.assertIn(old, text)
+            text = text.replace(old, new)
+        with open(p.config, "w") as f:
+            f.write(text)
+        p.signal(signal.SIGHUP)
+
+    def still_default(self, name: str) -> None:
+        """A handshake for NAME works meanwhile, with the default certificate."""
+        _, info = served("127.0.0.1", self.port, name, PKI["ca"], check_hostname=False)
+        self.assertIn(("DNS", "mail.hoster.test"), info["subjectAltName"])
+
+    def test_tls_failure_to_the_ca(self):
+        """TLS to the CA fails: a ca_file without pebble's issuer, then a directory URL whose
+        name pebble's certificate lacks, then plain HTTP where HTTPS should be. Each attempt is
+        logged naming the domain and libcurl's own words, backs off, and handshakes go on;
+        the reload that sets it right gets the domain issued."""
+        other = certs.make_ca(os.path.join(self.dir, "other-ca"), intermediate=False)
+        p = self.start(["alpha.test"], ca_file=other.ca_pem)
+        lines = p.wait_log(r"acme: alpha.test: order failed", count=2, timeout=20)
+        self.assertRegex(lines[0], r"\(attempt 1, next in 1 s\): directory: https://localhost:\d+/dir: "
+                                   r"SSL peer certificate or SSH remote key was not OK: SSL "
+                                   r"certificate problem: unable to get local issuer certificate$")
+        self.assertIn("(attempt 2, next in 2 s)", lines[1])
+        self.still_default("mail.alpha.test")
+
+        url = f"https://127.0.0.1:{self.pebble.port}/dir"
+        self.reconfigure(p, (f'directory = "{self.pebble.directory}"', f'directory = "{url}"'),
+                         (f'ca_file = "{other.ca_pem}"', f'ca_file = "{PKI["ca"]}"'))
+        p.wait_log(r"acme: alpha.test: order failed \(attempt \d+, next in 3 s\): directory: "
+                   + re.escape(url) + r": SSL peer certificate or SSH remote key was not OK: SSL: "
+                   r"no alternative certificate subject name matches target host name '127\.0\.0\.1'$",
+                   timeout=20)
+        self.still_default("mail.alpha.test")
+
+        plain = f"https://localhost:{self.pebble.chall_mgmt}/dir"   # pebble-challtestsrv: HTTP
+        self.reconfigure(p, (f'directory = "{url}"', f'directory = "{plain}"'))
+        p.wait_log(r"acme: alpha.test: order failed \(attempt \d+, next in 3 s\): directory: "
+                   + re.escape(plain) + r": SSL connect error: .*wrong version number$", timeout=20)
+        self.still_default("mail.alpha.test")
+
+        self.reconfigure(p, (f'directory = "{plain}"', f'directory = "{self.pebble.directory}"'))
+        wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+
+    def test_order_that_stays_pending(self):
+        """A CA that never decides: the proxy in front of pebble keeps the challenges of p1-p3
+        from pebble, so their authorizations stay "pending" at pebble, and shows p4's order as
+        "processing" where pebble says "valid". Each
+        order is abandoned when order_timeout runs out, logged with the state it stayed in, and
+        backed off. The four stuck domains sort first, so they take all four order threads at
+        the start: q.test is ordered only because a stuck order gave its thread up."""
+        proxy = self.ca_proxy()
+        stuck = ["p1.test", "p2.test", "p3.test", "p4.test"]
+        proxy.stuck_authz.update(stuck[:3])
+        proxy.stuck_order.add("p4.test")
+        p = self.start(stuck + ["q.test"], directory=proxy.directory, extra="order_timeout = 2;")
+        wait_issued("127.0.0.1", self.port, "mail.q.test", self.pebble.root, timeout=30)
+        log = p.log()
+        self.assertLess(log.index(": order failed"), log.index("acme: q.test: ordering"))
+        for d in stuck:
+            lines = p.wait_log(rf"acme: {re.escape(d)}: order failed", count=2, timeout=30)
+            state = (rf"(mail|webmail)\.{re.escape(d)}: authorization is still pending"
+                     if d != "p4.test" else "the order is still processing")
+            self.assertRegex(lines[0], rf"\(attempt 1, next in 1 s\): {state} after the order's "
+                                       rf"2 s \(order_timeout\)$")
+            self.assertRegex(lines[1], rf"\(attempt 2, next in 2 s\): {state} after")
+        self.still_default("mail.p1.test")
+        self.assertRegex(self.certs_output(p), r"(?m)^mail\.p4\.test acme failing: the order is "
+                                               r"still processing after")
+
+    def test_ari_renewal(self):
+        """ACME Renewal Information (RFC 9773), which pebble 2.4 lacks: the proxy in front of
+        pebble adds renewalInfo to the directory and answers it (a window a month ahead,
+        Retry-After 60 s); pebble issues. The fresh certificate is not renewed; when the CA
+        moves its window into the past, the client sees it at its next look, no sooner than
+        Retry-After, and renews with an order that names the certificate it replaces."""
+        proxy = self.ca_proxy()
+        p = self.start(["alpha.test"], directory=proxy.directory)
+        first = wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+        cert_id = ari_cert_id(first)
+        deadline = time.monotonic() + 20 * SLOW
+        while cert_id not in [i for _, i in proxy.ari_asked]:
+            self.assertLess(time.monotonic(), deadline, f"renewalInfo not asked: {proxy.ari_asked}")
+            time.sleep(0.1)
+        self.assertEqual(len(proxy.new_orders), 1)
+        self.assertNotIn("replaces", proxy.new_orders[0])
+        time.sleep(2 * SLOW)
+        self.assertEqual(len(proxy.new_orders), 1, "a certificate whose window is ahead was renewed")
+        self.assertEqual([i for _, i in proxy.ari_asked], [cert_id])
+        now = time.time()
+        proxy.window[cert_id] = (now - 7200, now - 3600)
+        p.wait_log(r"acme: alpha.test: certificate issued \(renewal\)", timeout=90)
+        asked = [t for t, i in proxy.ari_asked if i == cert_id]
+        self.assertGreaterEqual(asked[1] - asked[0], 59)     # whole seconds on the client's side
+        self.assertEqual(proxy.new_orders[1].get("replaces"), cert_id)
+        deadline = time.monotonic() + 20 * SLOW
+        while served("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)[0] == first:
+            self.assertLess(time.monotonic(), deadline, "the renewed certificate is not served")
+            time.sleep(0.2)
+        self.assertGreaterEqual(metric(self.admin, "mailsnid_acme_renewals_total"), 1)
 
     def test_two_instances_share_storage(self):
         # Two instances on one port, different addresses; pebble's DNS sends each domain's

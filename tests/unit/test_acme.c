@@ -373,6 +373,38 @@ static void test_pace(void)
     CHECK(acme_poll_delay_ms(0, 0) == 50);
     CHECK(acme_poll_delay_ms(0, 86400) == 86400000L);
 
+    /* The order's deadline: a look that fits in what is left of it is waited for, one that
+     * would come after it (also by the CA's Retry-After) abandons the order. */
+    CHECK(acme_poll_wait_ms(0, -1, 0, 120000) == 50);
+    CHECK(acme_poll_wait_ms(6, -1, 118000, 120000) == 2000);      /* exactly at the limit */
+    CHECK(acme_poll_wait_ms(6, -1, 118001, 120000) == -1);
+    CHECK(acme_poll_wait_ms(0, -1, 119950, 120000) == 50);
+    CHECK(acme_poll_wait_ms(0, -1, 119951, 120000) == -1);
+    CHECK(acme_poll_wait_ms(0, -1, 120000, 120000) == -1);
+    CHECK(acme_poll_wait_ms(3, -1, 500000, 120000) == -1);       /* long past it */
+    CHECK(acme_poll_wait_ms(0, 121, 0, 120000) == -1);           /* Retry-After past the end */
+    CHECK(acme_poll_wait_ms(0, 120, 0, 120000) == 120000);
+    CHECK(acme_poll_wait_ms(0, 30, 100000, 120000) == -1);
+    /* Polls at 50 ms doubling to 2 s, against a 10 s limit: the order gives up after the look
+     * at 9.15 s (50+100+...+1600 = 3150 ms, then 2 s each): the next would come after 10 s. */
+    long elapsed = 0, ms;
+    unsigned looks = 0;
+    while ((ms = acme_poll_wait_ms(looks, -1, elapsed, 10000)) >= 0) {
+        elapsed += ms;
+        looks++;
+    }
+    CHECK(looks == 9 && elapsed == 9150);
+
+    /* renewalInfo is asked again when the CA says, within a minute and a day; six hours when
+     * it says nothing. */
+    CHECK(acme_ari_recheck_s(-1) == 21600);
+    CHECK(acme_ari_recheck_s(0) == 60);
+    CHECK(acme_ari_recheck_s(59) == 60);
+    CHECK(acme_ari_recheck_s(60) == 60);
+    CHECK(acme_ari_recheck_s(3600) == 3600);
+    CHECK(acme_ari_recheck_s(86400) == 86400);
+    CHECK(acme_ari_recheck_s(86401) == 86400);
+
     CHECK(acme_backoff_s(0, 60, 86400, -1) == 60);
     CHECK(acme_backoff_s(1, 60, 86400, -1) == 120);
     CHECK(acme_backoff_s(10, 60, 86400, -1) == 61440);

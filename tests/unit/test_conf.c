@@ -949,6 +949,7 @@ static void test_acme(void)
         CHECK(c->acme.pace_orders == 300 && c->acme.pace_window_s == 10800);
         CHECK(c->acme.renew_before_days == 0);
         CHECK(c->acme.backoff_min_s == 60 && c->acme.backoff_max_s == 86400);
+        CHECK(c->acme.order_timeout_s == 120);
         CHECK(conf_acme_name(c->acme.names[0], "alpha.example", name, sizeof name) == 18);
         CHECK_STR(name, "mail.alpha.example");
         CHECK(conf_acme_name(c->acme.names[2], "alpha.example", name, sizeof name) == 13);
@@ -958,7 +959,8 @@ static void test_acme(void)
     c = NULL;
     CHECK(load(TLS_OK L_OK ACME_OK "  contact = \"mailto:h@example.net\"; ca_file = \"/etc/ca.pem\";\n"
                "  challenges = [ \"http-01\" ]; key_type = \"rsa\"; pace_orders = 10;\n"
-               "  pace_window = 60; renew_before_days = 3000; backoff_min = 1; backoff_max = 5;\n};\n",
+               "  pace_window = 60; renew_before_days = 3000; backoff_min = 1; backoff_max = 5;\n"
+               "  order_timeout = 30;\n};\n",
                &c, &err) == 0);
     if (c) {
         CHECK_STR(c->acme.contact, "mailto:h@example.net");
@@ -968,6 +970,7 @@ static void test_acme(void)
         CHECK(c->acme.pace_orders == 10 && c->acme.pace_window_s == 60);
         CHECK(c->acme.renew_before_days == 3000);
         CHECK(c->acme.backoff_min_s == 1 && c->acme.backoff_max_s == 5);
+        CHECK(c->acme.order_timeout_s == 30);
     }
     conf_free(c);
     free(err);
@@ -1009,6 +1012,8 @@ static void test_acme(void)
     EXPECT_ERR(TLS_OK L_OK ACME_OK "  pace_window = 0;\n};\n", "7: acme.pace_window: must be at least 1 second");
     EXPECT_ERR(TLS_OK L_OK ACME_OK "  backoff_min = 10; backoff_max = 5;\n};\n",
                "3: acme: backoff_max (5) is less than backoff_min (10)");
+    EXPECT_ERR(TLS_OK L_OK ACME_OK "  order_timeout = 0;\n};\n",
+               "7: acme.order_timeout: must be at least 1 second");
     EXPECT_ERR(TLS_OK L_OK ACME_OK "  renew = 1;\n};\n", "7: acme.renew: unknown key");
 }
 
