@@ -109,7 +109,9 @@ void tls_offload_begin(struct conn *c)
 {
     enum tls13_aead aead;
     struct tls_offload *o = NULL;
-    if (!c->ssl || !can_offload(c, &aead) || !(o = calloc(1, sizeof *o)) ||
+    if (!c->ssl)
+        return; /* not a TLS session */
+    if (!can_offload(c, &aead) || !(o = calloc(1, sizeof *o)) ||
         tls13_init(&o->rl, aead, &c->handover->secrets) < 0) {
         if (o) {
             tls13_free(&o->rl);
