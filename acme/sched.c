@@ -358,7 +358,10 @@ static void process(struct acme *m, struct acme_client *client, struct dom *d, t
         size_t n_names;
         struct acme_result res;
         make_names(m, d->name, &names, &n_names);
-        acme_status_write(m->s->storage, d->name, "pending");
+        /* A domain that failed before stays "failing: <why>" in --certs while it is tried
+         * again: an operator looking at a domain that keeps failing sees why, whenever. */
+        if (d->failures == 0)
+            acme_status_write(m->s->storage, d->name, "pending");
         m->hooks.log(CONF_LOG_INFO, "acme: %s: ordering a certificate for %zu names%s", d->name,
                      n_names, renewal ? " (renewal)" : "");
         acme_client_order(client, d->name, names, n_names, replaces, &res);

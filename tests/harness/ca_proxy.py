@@ -6,7 +6,8 @@ to do, while pebble does every real part (accounts, nonces, validation, issuance
     proxy.window               # {cert_id: (start, end)} for renewalInfo; others get `future`
     proxy.retry_after = "60"   # the Retry-After of renewalInfo answers
     proxy.ari_asked            # [(monotonic time, cert_id)] as they came
-    proxy.new_orders           # the payloads of newOrder requests (dicts), in order
+    proxy.new_orders           # the payloads of newOrder requests pebble accepted (dicts), in
+                               # order; one it refused (its 15 % badNonce) is not an order
     proxy.stuck_authz          # domains whose challenges it accepts itself, never telling
                                # pebble: their authorizations stay "pending" at pebble for ever
     proxy.stuck_order          # domains whose order it shows as "processing" instead of "valid"
@@ -104,14 +105,17 @@ class CaProxy:
         if body:
             payload = json.loads(body).get("payload")
             doc = json.loads(b64u_decode(payload)) if payload else None
-            if isinstance(doc, dict) and "identifiers" in doc:
-                self.new_orders.append(doc)
+            order = doc if isinstance(doc, dict) and "identifiers" in doc else None
+        else:
+            order = None
         up = http.client.HTTPSConnection("localhost", self.upstream, context=self.up_ctx, timeout=30)
         headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP}
         up.request(h.command, h.path, body=body, headers=headers)
         r = up.getresponse()
         data = r.read()
         up.close()
+        if order is not None and r.status == 201:
+            self.new_orders.append(order)
         data = self._rewrite(h.path, data)
         h.send_response(r.status)
         for k, v in r.getheaders():

@@ -5,6 +5,8 @@
  *   tls_flood keyupdate HOST PORT SECONDS   KeyUpdate(update_requested), paced after SIGUSR1
  *   tls_flood tiny HOST PORT SECONDS        bulk until SIGUSR1, then a TLS record per byte
  *
+ * SECONDS is an upper bound: SIGTERM ends the flood sooner, the same way (the count printed).
+ *
  * It never reads after the handshake (its receive buffer is made small), so whatever the server
  * answers piles up on the server's side. Messages are paced (a few every millisecond). Prints
  * how many messages it sent. */
@@ -22,12 +24,18 @@
 #include <unistd.h>
 #include <openssl/ssl.h>
 
-static volatile sig_atomic_t kernel_full;
+static volatile sig_atomic_t kernel_full, told_to_stop;
 
 static void on_usr1(int sig)
 {
     (void)sig;
     kernel_full = 1;
+}
+
+static void on_term(int sig)
+{
+    (void)sig;
+    told_to_stop = 1;
 }
 
 static double now(void)
@@ -76,10 +84,11 @@ int main(int argc, char **argv)
     /* SIGUSR1 says the kernel's buffers on the server's side are full (the test watches them):
      * from there on what the server reads, or answers, stays with the server. */
     signal(SIGUSR1, on_usr1);
+    signal(SIGTERM, on_term);
     if (!keyupdate) {
         /* Bulk first, slowly, towards a backend that reads nothing. */
         static char bulk[8192];
-        while (!kernel_full && now() < end) {
+        while (!kernel_full && !told_to_stop && now() < end) {
             if (SSL_write(ssl, bulk, sizeof bulk) <= 0)
                 return 1;
             usleep(40000);
@@ -87,7 +96,7 @@ int main(int argc, char **argv)
     }
     unsigned long sent = 0;
     bool pending = false;
-    while (now() < end) {
+    while (!told_to_stop && now() < end) {
         int r;
         if (keyupdate) {
             if (!pending && !SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED))
