@@ -127,10 +127,12 @@ int cs_client_hello_sni(SSL *ssl, char out[CS_NAME_MAX + 1]);
 /* After the handshake: what the callback chose for this SSL. */
 struct cs_choice {
     enum cs_kind kind;
-    char sni[CS_NAME_MAX + 1];          /* normalised SNI name, "" when none */
+    char sni[];                         /* normalised SNI name, "" when none: room for
+                                         * CS_NAME_MAX on the SSL, its length once taken */
 };
 const struct cs_choice *cs_choice_of(const SSL *ssl); /* NULL if the callback did not run */
-/* Takes the choice away from SSL (the caller frees it): for a session that outlives its SSL. */
+/* Takes the choice away from SSL (the caller frees it): for a session that outlives its SSL.
+ * What is returned is as small as its name (an idle session keeps it for hours). */
 struct cs_choice *cs_choice_take(SSL *ssl);
 /* Path of the certificate OpenSSL actually used for SSL (after the handshake), or "-". The
  * string lives as long as SSL holds that certificate, even across reloads. */

@@ -122,7 +122,7 @@ int cs_select_client_hello(SSL *ssl, int *alert, struct cs_current *current)
     int idx = choice_ex_index();
     struct cs_choice *choice = idx < 0 ? NULL : SSL_get_ex_data(ssl, idx);
     if (!choice) {
-        choice = calloc(1, sizeof(*choice));
+        choice = calloc(1, sizeof(*choice) + CS_NAME_MAX + 1);
         if (!choice || idx < 0 || !SSL_set_ex_data(ssl, idx, choice)) {
             free(choice);
             *alert = SSL_AD_INTERNAL_ERROR;
@@ -174,9 +174,17 @@ struct cs_choice *cs_choice_take(SSL *ssl)
 {
     int idx = choice_ex_index();
     struct cs_choice *choice = idx < 0 ? NULL : SSL_get_ex_data(ssl, idx);
-    if (choice)
-        SSL_set_ex_data(ssl, idx, NULL);
-    return choice;
+    if (!choice)
+        return NULL;
+    size_t len = strlen(choice->sni);
+    struct cs_choice *small = malloc(sizeof(*small) + len + 1);
+    if (!small)
+        return NULL;
+    small->kind = choice->kind;
+    memcpy(small->sni, choice->sni, len + 1);
+    SSL_set_ex_data(ssl, idx, NULL);
+    free(choice);
+    return small;
 }
 
 const char *cs_cert_path(const X509 *cert)

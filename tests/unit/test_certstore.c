@@ -1124,6 +1124,13 @@ static void test_handshake(void)
     CHECK(ch && ch->kind == CS_KIND_DEFAULT);
     if (ch)
         CHECK_STR(ch->sni, "nowhere.test");
+    /* Taken for a session that outlives its SSL: the same choice, the SSL's is gone. */
+    struct cs_choice *taken = cs_choice_take(h.server);
+    CHECK(taken && taken->kind == CS_KIND_DEFAULT);
+    if (taken)
+        CHECK_STR(taken->sni, "nowhere.test");
+    CHECK(cs_choice_of(h.server) == NULL && cs_choice_take(h.server) == NULL);
+    free(taken);
     hs_free(&h);
 
     /* Reload while a connection is open: the old snapshot goes, the SSL keeps its pair. */
