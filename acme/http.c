@@ -4,17 +4,45 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <curl/curl.h>
 
 #include "acme/internal.h"
 
 #define BODY_MAX (1 << 20)
+#define REQUEST_MAX_MS 60000L             /* a CA that has not answered by then will not */
+#define CONNECT_MAX_MS 15000L
+/* A look at an order just before its deadline still gets its answer: the deadline the requests
+ * keep is this much later than the order's, and the poll loops (order.c) keep the order's. */
+#define REQUEST_GRACE_S 5
 
 struct acme_net {
     CURL *curl;
     char *ca_file;
     const volatile bool *stop;
+    struct timespec deadline;             /* CLOCK_MONOTONIC; only when deadline_s */
+    unsigned deadline_s;                  /* the order_timeout it stands for, for the message */
 };
+
+void acme_net_deadline(struct acme_net *net, const struct timespec *began, unsigned seconds)
+{
+    net->deadline_s = began ? seconds : 0;
+    if (began) {
+        net->deadline = *began;
+        net->deadline.tv_sec += (time_t)seconds + REQUEST_GRACE_S;
+    }
+}
+
+/* Milliseconds left before the deadline (negative when past), or REQUEST_MAX_MS without one. */
+static long ms_left(const struct acme_net *net)
+{
+    if (!net->deadline_s)
+        return REQUEST_MAX_MS;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long)(net->deadline.tv_sec - now.tv_sec) * 1000 +
+           (net->deadline.tv_nsec - now.tv_nsec) / 1000000;
+}
 
 struct acme_net *acme_net_new(const char *ca_file, const volatile bool *stop)
 {
@@ -107,12 +135,22 @@ int acme_net_request(struct acme_net *net, const char *url, const char *body, bo
     char accept_line[128], detail[CURL_ERROR_SIZE] = "";
 
     acme_http_clear(r);
+    /* Inside an order, no request outlives the order's time: a CA that stops answering is
+     * an order that stays pending, not a thread gone for a minute per request. */
+    long limit = ms_left(net);
+    if (limit <= 0) {
+        snprintf(r->error, sizeof r->error, "%s: not asked: the order's %u s (order_timeout) "
+                 "are over", url, net->deadline_s);
+        return -EIO;
+    }
+    if (limit > REQUEST_MAX_MS)
+        limit = REQUEST_MAX_MS;
     curl_easy_reset(c);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 15L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, limit < CONNECT_MAX_MS ? limit : CONNECT_MAX_MS);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, limit);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "mailsnid-acme");
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
@@ -142,6 +180,11 @@ int acme_net_request(struct acme_net *net, const char *url, const char *body, bo
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(hdr);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);   /* DETAIL goes out of scope */
+    if (rc == CURLE_OPERATION_TIMEDOUT && net->deadline_s && ms_left(net) < 50) {
+        snprintf(r->error, sizeof r->error, "%s: no answer, and the order's %u s "
+                 "(order_timeout) are over", url, net->deadline_s);
+        return -EIO;
+    }
     if (rc != CURLE_OK) {
         snprintf(r->error, sizeof r->error, "%s: %s%s%s", url, curl_easy_strerror(rc),
                  detail[0] ? ": " : "", detail);

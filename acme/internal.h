@@ -93,6 +93,9 @@ struct acme_net;
 /* CA_FILE may be NULL (the system's trust). STOP, when it becomes true, aborts a transfer. */
 struct acme_net *acme_net_new(const char *ca_file, const volatile bool *stop);
 void acme_net_free(struct acme_net *net);
+/* Requests end by BEGAN + SECONDS (CLOCK_MONOTONIC; an order's time) and a few seconds' grace
+ * at the latest. BEGAN NULL: no deadline but the per-request 60 s. */
+void acme_net_deadline(struct acme_net *net, const struct timespec *began, unsigned seconds);
 /* GET (BODY NULL), HEAD (BODY NULL, HEAD true) or POST of a JOSE body. Fills R (free with
  * acme_http_clear). Returns 0 when an HTTP answer came, -EIO otherwise (R->error says why). */
 int acme_net_request(struct acme_net *net, const char *url, const char *body, bool head,

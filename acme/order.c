@@ -230,7 +230,7 @@ static int post(struct acme_client *c, const char *url, const char *payload, boo
         if (h->nonce[0])
             memcpy(c->nonce, h->nonce, sizeof c->nonce);
         if (rc < 0) {
-            fail_http(res, url, h);
+            fail(res, "%s", h->error);            /* it names the URL */
             return rc;
         }
         if (!is_bad_nonce(h))
@@ -631,8 +631,21 @@ static json_t *poll_order(struct acme_client *c, const char *url, const char *un
     }
 }
 
+static void order_in_time(struct acme_client *c, const char *domain, char **names,
+                          size_t n_names, const char *replaces, struct acme_result *res);
+
 void acme_client_order(struct acme_client *c, const char *domain, char **names, size_t n_names,
                        const char *replaces, struct acme_result *res)
+{
+    clock_gettime(CLOCK_MONOTONIC, &c->order_began);
+    acme_net_deadline(c->net, &c->order_began, c->s->order_timeout_s);
+    order_in_time(c, domain, names, n_names, replaces, res);
+    acme_net_deadline(c->net, NULL, 0);
+}
+
+/* The order itself: every request and every wait within order_timeout from order_began. */
+static void order_in_time(struct acme_client *c, const char *domain, char **names,
+                          size_t n_names, const char *replaces, struct acme_result *res)
 {
     struct acme_http h = { 0 };
     json_t *order = NULL, *done = NULL;
@@ -642,7 +655,6 @@ void acme_client_order(struct acme_client *c, const char *domain, char **names, 
 
     memset(res, 0, sizeof *res);
     res->retry_after = -1;
-    clock_gettime(CLOCK_MONOTONIC, &c->order_began);
     if (load_directory(c, res) < 0 || ensure_account(c, res) < 0)
         return;
 

@@ -11,6 +11,8 @@ to do, while pebble does every real part (accounts, nonces, validation, issuance
     proxy.stuck_authz          # domains whose challenges it accepts itself, never telling
                                # pebble: their authorizations stay "pending" at pebble for ever
     proxy.stuck_order          # domains whose order it shows as "processing" instead of "valid"
+    proxy.stall_orders         # seconds it holds a newOrder request, then drops it unanswered
+                               # (a CA that stops answering); 0: passed on at once
 
 Requests are passed on with their Host header, so the URLs pebble puts in its answers (and
 checks in every JWS) name the proxy, and the client never learns pebble's own port.
@@ -50,6 +52,7 @@ class CaProxy:
         self.new_orders: list[dict] = []
         self.stuck_authz: set[str] = set()
         self.stuck_order: set[str] = set()
+        self.stall_orders = 0.0
         self._swallowed: set[str] = set()     # challenge paths of stuck_authz domains
         proxy = self
 
@@ -108,6 +111,10 @@ class CaProxy:
             order = doc if isinstance(doc, dict) and "identifiers" in doc else None
         else:
             order = None
+        if order is not None and self.stall_orders:
+            time.sleep(self.stall_orders)
+            h.close_connection = True
+            return
         up = http.client.HTTPSConnection("localhost", self.upstream, context=self.up_ctx, timeout=30)
         headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP}
         up.request(h.command, h.path, body=body, headers=headers)

@@ -113,7 +113,8 @@ class MailsnidProcess:
             f.write(config_text)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ports: list[int] = ()) -> "MailsnidProcess":
+    def start(self, ports: list[int] = (), timeout: float = 5.0) -> "MailsnidProcess":
+        """Starts mailsnid and waits (TIMEOUT seconds, times SLOW) until PORTS listen."""
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self._log = open(self.log_path, "ab")
@@ -121,7 +122,7 @@ class MailsnidProcess:
                                      stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
         try:
             for p in ports:
-                wait_port(p)
+                wait_port(p, timeout=timeout)
         except TimeoutError:
             self.proc.kill()
             self.proc.wait()

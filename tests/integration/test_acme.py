@@ -635,6 +635,26 @@ class Acme(unittest.TestCase):
         self.assertRegex(self.certs_output(p), r"(?m)^mail\.p4\.test acme failing: the order is "
                                                r"still processing after")
 
+    def test_ca_that_stops_answering(self):
+        """The CA takes newOrder requests and never answers them: each attempt gives up when
+        the order's time (order_timeout) is over, not after libcurl's minute per request, says
+        so, and backs off; handshakes go on; once the CA answers again the domain is issued."""
+        proxy = self.ca_proxy()
+        proxy.stall_orders = 30 * SLOW
+        timeout = int(2 * SLOW)
+        p = self.start(["alpha.test"], directory=proxy.directory, extra=f"order_timeout = {timeout};")
+        began = time.monotonic()
+        lines = p.wait_log(r"acme: alpha.test: order failed", count=2, timeout=30)
+        self.assertLess(time.monotonic() - began, proxy.stall_orders)
+        self.assertRegex(lines[0], rf"\(attempt 1, next in 1 s\): "
+                                   rf"{re.escape(proxy.directory[:-4])}\S+: no answer, and the "
+                                   rf"order's {timeout} s \(order_timeout\) are over$")
+        self.still_default("mail.alpha.test")
+        self.assertRegex(self.certs_output(p), r"(?m)^mail\.alpha\.test acme failing: https://"
+                                               r"\S+: no answer, and the order's")
+        proxy.stall_orders = 0
+        wait_issued("127.0.0.1", self.port, "mail.alpha.test", self.pebble.root)
+
     def test_ari_renewal(self):
         """ACME Renewal Information (RFC 9773), which pebble 2.4 lacks: the proxy in front of
         pebble adds renewalInfo to the directory and answers it (a window a month ahead,

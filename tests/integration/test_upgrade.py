@@ -73,8 +73,8 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
 {extra}
 """
 
-    def start(self, text: str) -> MailsnidProcess:
-        proc = MailsnidProcess(text, self.dir).start([self.port, self.admin])
+    def start(self, text: str, timeout: float = 5.0) -> MailsnidProcess:
+        proc = MailsnidProcess(text, self.dir).start([self.port, self.admin], timeout=timeout)
         self.addCleanup(self.kill_successor)
         return proc
 
@@ -187,7 +187,9 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
     def test_sigterm_during_an_upgrade_stops_the_new_process_too(self):
         routes = ",\n".join(f'{{ names = [ "mail.d{i}.test" ]; imap = "{self.backend.addr}"; }}'
                             for i in range(100000))
-        old = self.start(self.config(f"routes = (\n{routes}\n);"))
+        # 100,000 routes make the new process slow to start (the upgrade is caught in the
+        # middle), and the old one too: a few seconds, more under ASan on a busy machine.
+        old = self.start(self.config(f"routes = (\n{routes}\n);"), timeout=30)
         old.signal(signal.SIGUSR2)
         line = old.wait_log(r"upgrade: started ")[0]
         child = int(re.search(r"\(pid (\d+)\)", line).group(1))
@@ -220,7 +222,9 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
         # 100,000 routes keep the new process busy reading its config for a while.
         routes = ",\n".join(f'{{ names = [ "mail.d{i}.test" ]; imap = "{self.backend.addr}"; }}'
                             for i in range(100000))
-        old = self.start(self.config(f"routes = (\n{routes}\n);"))
+        # 100,000 routes make the new process slow to start (the upgrade is caught in the
+        # middle), and the old one too: a few seconds, more under ASan on a busy machine.
+        old = self.start(self.config(f"routes = (\n{routes}\n);"), timeout=30)
         old.signal(signal.SIGUSR2)
         old.wait_log(r"upgrade: started ")
         old.signal(signal.SIGUSR2)
