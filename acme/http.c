@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <curl/curl.h>
 
 #include "acme/internal.h"
@@ -20,28 +19,24 @@ struct acme_net {
     CURL *curl;
     char *ca_file;
     const volatile bool *stop;
-    struct timespec deadline;             /* CLOCK_MONOTONIC; only when deadline_s */
-    unsigned deadline_s;                  /* the order_timeout it stands for, for the message */
+    struct timespec began;                /* CLOCK_MONOTONIC: the order's start */
+    unsigned deadline_s;                  /* its order_timeout; 0: no order, no deadline */
 };
 
 void acme_net_deadline(struct acme_net *net, const struct timespec *began, unsigned seconds)
 {
     net->deadline_s = began ? seconds : 0;
-    if (began) {
-        net->deadline = *began;
-        net->deadline.tv_sec += (time_t)seconds + REQUEST_GRACE_S;
-    }
+    if (began)
+        net->began = *began;
 }
 
-/* Milliseconds left before the deadline (negative when past), or REQUEST_MAX_MS without one. */
+/* Milliseconds left before the deadline and its grace (negative when past), or REQUEST_MAX_MS
+ * without one. */
 static long ms_left(const struct acme_net *net)
 {
     if (!net->deadline_s)
         return REQUEST_MAX_MS;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (long)(net->deadline.tv_sec - now.tv_sec) * 1000 +
-           (net->deadline.tv_nsec - now.tv_nsec) / 1000000;
+    return ((long)net->deadline_s + REQUEST_GRACE_S) * 1000 - acme_ms_since(&net->began);
 }
 
 struct acme_net *acme_net_new(const char *ca_file, const volatile bool *stop)

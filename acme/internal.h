@@ -34,6 +34,15 @@ long acme_parse_retry_after(const char *v, size_t len, time_t now);
  * Returns 0 and sets *out, or -EINVAL. */
 int acme_parse_rfc3339(const char *v, size_t len, time_t *out);
 
+/* Milliseconds from T (CLOCK_MONOTONIC) until now: the order's deadline, kept by order.c's
+ * polls and http.c's requests alike. */
+static inline long acme_ms_since(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
+}
+
 /* ---- pace.c: pure functions of time ---- */
 
 /* Milliseconds before look number ATTEMPT (0 = the first) at a pending authorization or order:

@@ -120,13 +120,6 @@ static bool sleep_or_stop(struct acme_client *c, long ms)
     return !*c->stop;
 }
 
-static long ms_since(const struct timespec *t)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
-}
-
 /* Before the next look at WHAT, which is still STATE: false (with RES filled in) when the look
  * would come after the order's deadline (order_timeout from its start, whatever it waited for:
  * every authorization, readiness, the certificate), or the thread is stopping. A Retry-After
@@ -134,7 +127,7 @@ static long ms_since(const struct timespec *t)
 static bool poll_pause(struct acme_client *c, const char *what, const char *state,
                        unsigned attempt, long retry_after, struct acme_result *res)
 {
-    long ms = acme_poll_wait_ms(attempt, retry_after, ms_since(&c->order_began),
+    long ms = acme_poll_wait_ms(attempt, retry_after, acme_ms_since(&c->order_began),
                                 (long)c->s->order_timeout_s * 1000);
     if (ms < 0) {
         fail(res, "%s is still %s after the order's %u s (order_timeout)", what, state,

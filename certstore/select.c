@@ -176,13 +176,13 @@ struct cs_choice *cs_choice_take(SSL *ssl)
     struct cs_choice *choice = idx < 0 ? NULL : SSL_get_ex_data(ssl, idx);
     if (!choice)
         return NULL;
+    SSL_set_ex_data(ssl, idx, NULL);
     size_t len = strlen(choice->sni);
     struct cs_choice *small = malloc(sizeof(*small) + len + 1);
     if (!small)
-        return NULL;
+        return choice;                    /* the roomy one will do */
     small->kind = choice->kind;
     memcpy(small->sni, choice->sni, len + 1);
-    SSL_set_ex_data(ssl, idx, NULL);
     free(choice);
     return small;
 }

@@ -78,6 +78,14 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
         self.addCleanup(self.kill_successor)
         return proc
 
+    def start_with_many_routes(self) -> MailsnidProcess:
+        """100,000 routes keep a new process busy reading its config for a while, so an upgrade
+        can be caught in the middle; the first process takes as long to start (a few seconds,
+        more under ASan on a busy machine)."""
+        routes = ",\n".join(f'{{ names = [ "mail.d{i}.test" ]; imap = "{self.backend.addr}"; }}'
+                             for i in range(100000))
+        return self.start(self.config(f"routes = (\n{routes}\n);"), timeout=30)
+
     def kill_successor(self):
         try:
             pid = int(open(self.pid_file).read())
@@ -185,11 +193,7 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
         old.stop()
 
     def test_sigterm_during_an_upgrade_stops_the_new_process_too(self):
-        routes = ",\n".join(f'{{ names = [ "mail.d{i}.test" ]; imap = "{self.backend.addr}"; }}'
-                            for i in range(100000))
-        # 100,000 routes make the new process slow to start (the upgrade is caught in the
-        # middle), and the old one too: a few seconds, more under ASan on a busy machine.
-        old = self.start(self.config(f"routes = (\n{routes}\n);"), timeout=30)
+        old = self.start_with_many_routes()
         old.signal(signal.SIGUSR2)
         line = old.wait_log(r"upgrade: started ")[0]
         child = int(re.search(r"\(pid (\d+)\)", line).group(1))
@@ -219,12 +223,7 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
         self.assertEqual(old.stop(), 0)
 
     def test_a_second_sigusr2_while_one_runs_is_refused(self):
-        # 100,000 routes keep the new process busy reading its config for a while.
-        routes = ",\n".join(f'{{ names = [ "mail.d{i}.test" ]; imap = "{self.backend.addr}"; }}'
-                            for i in range(100000))
-        # 100,000 routes make the new process slow to start (the upgrade is caught in the
-        # middle), and the old one too: a few seconds, more under ASan on a busy machine.
-        old = self.start(self.config(f"routes = (\n{routes}\n);"), timeout=30)
+        old = self.start_with_many_routes()
         old.signal(signal.SIGUSR2)
         old.wait_log(r"upgrade: started ")
         old.signal(signal.SIGUSR2)
