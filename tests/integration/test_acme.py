@@ -791,7 +791,9 @@ class AcmeStorageFaults(unittest.TestCase):
 
     def test_storage_read_only(self):
         def remount(mode: str) -> None:
-            subprocess.run(["nsenter", "-t", str(self.p.proc.pid), "-m", "mount", "-o",
+            # -r: mailsnid's root as well (entering a mount namespace resets the root to the
+            # namespace's, which is not the chroot's when the suite runs inside one).
+            subprocess.run(["nsenter", "-t", str(self.p.proc.pid), "-m", "-r", "mount", "-o",
                             f"remount,{mode}", self.storage], check=True)
         remount("ro")
         self.add_domain("beta.test")
