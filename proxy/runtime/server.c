@@ -451,9 +451,11 @@ int server_run(struct server *srv)
     atomic_store(&srv->workers_running, srv->n_workers);
     for (unsigned i = 0; i < srv->n_workers; i++)
         uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
+    /* The pid file first: whoever hears that this process is ready (systemd, the old process
+     * of an upgrade, a script reading the log) finds it naming this process. */
+    upgrade_write_pid_file(srv->conf->pid_file);
     log_notice("mailsnid running: %zu listeners, %u workers", srv->gen->n_listeners, srv->n_workers);
     notify_ready();
-    upgrade_write_pid_file(srv->conf->pid_file);
     upgrade_report_ready();
 
     uv_run(srv->loop, UV_RUN_DEFAULT);

@@ -105,6 +105,7 @@ PORT_OFFSETS = {
 }
 PORT_SPAN = 20
 _AUTO_PORT_RANGE = (20000, 32000)      # below Linux's ephemeral range (32768+)
+_SINGLE_PORT_RANGE = (10000, 20000)    # free_port()'s: apart from the blocks, also below it
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
@@ -205,6 +206,33 @@ def _port_free(host: str, port: int) -> bool:
         return False
     finally:
         s.close()
+
+
+def free_port(host: str = "127.0.0.1", avoid=(), udp_too: bool = False) -> int:
+    """A port nobody has bound on HOST now, not one of AVOID (those a config already names);
+    with UDP_TOO free for UDP as well (a DNS server listens on both).
+
+    Not the kernel's pick (bind to port 0): that comes from the ephemeral range, where any
+    outgoing connection of the host (pebble's validations, a client's connect) may take it as
+    its local port before the program under test binds it -- a test then fails with 'address
+    already in use' once in a few hundred runs. Below that range only listeners live. The
+    start is random so that parallel suites do not probe the same ports first.
+    """
+    lo, hi = _SINGLE_PORT_RANGE
+    start = int.from_bytes(os.urandom(4), "big")
+    for i in range(hi - lo):
+        port = lo + (start + i) % (hi - lo)
+        if port in avoid:
+            continue
+        kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp_too else (socket.SOCK_STREAM,)
+        try:
+            for kind in kinds:
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind((host, port))    # no SO_REUSEADDR: a TIME_WAIT counts as taken
+        except OSError:
+            continue
+        return port
+    raise BackendError(f"no free port on {host} in {lo}-{hi}")
 
 
 def searchable_by_all(path: str) -> bool:

@@ -33,14 +33,7 @@ SANITIZE = os.environ.get("SANITIZE", "0") == "1"
 SLOW = 4.0 if SANITIZE else 1.0
 
 
-def free_port(avoid=()) -> int:
-    """A port nobody listens on now, and not one of AVOID (those a config already names)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
-            return port
+free_port = _backends.free_port
 
 
 def listener_entry(name: str, port: int, proto: str, tls: str, backend: str,

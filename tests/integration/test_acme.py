@@ -44,15 +44,7 @@ PEBBLE = shutil.which("pebble")
 
 
 def free_udp_tcp_port() -> int:
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port for DNS")
+    return free_port(udp_too=True)
 
 
 def setUpModule():

@@ -98,6 +98,11 @@ listeners = ( {{ name = "imaps"; listen = "127.0.0.1:{self.port}"; protocol = "i
                 time.sleep(0.05)
 
     def pid_in_file(self) -> int:
+        """The pid file's pid. A process's listeners accept (start() returns) a moment before
+        it is ready and writes the file, so a first look waits for the file to appear."""
+        deadline = time.monotonic() + 5 * SLOW
+        while not os.path.exists(self.pid_file) and time.monotonic() < deadline:
+            time.sleep(0.02)
         with open(self.pid_file) as f:
             return int(f.read())
 
