@@ -1,12 +1,15 @@
 /* tls13: the record layer against the published RFC 8448 trace, against itself for every AEAD,
  * and against OpenSSL's own TLS 1.3 (a real SSL pair over memory BIOs whose server hands its
  * secrets over); hostile records crafted with a separate little sealer; every split of the input;
- * the keylog-line parser. */
+ * the keylog-line parser and the fast "%02x" its lines are written with. */
+#include "tls13/keylog_hex.h"
 #include "tls13/keys.h"
 #include "tls13/record.h"
 #include "check.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -889,6 +892,51 @@ static void test_export(enum tls13_aead aead)
     tls13_free(&t);
 }
 
+/* ---- keylog_hex: this executable's __sprintf_chk ---- */
+
+/* What __sprintf_chk wrote for FORMAT and its argument, and what glibc's snprintf writes. */
+#define SAME_AS_PRINTF(format, ...) do {                                              \
+        char ours_[64], libc_[64];                                                    \
+        memset(ours_, 'X', sizeof ours_);                                             \
+        int n_ = __sprintf_chk(ours_, 1, sizeof ours_, format, __VA_ARGS__);          \
+        int m_ = snprintf(libc_, sizeof libc_, format, __VA_ARGS__);                  \
+        CHECK(n_ == m_);                                                              \
+        CHECK_STR(ours_, libc_);                                                      \
+    } while (0)
+
+static void test_keylog_hex(void)
+{
+    /* "%02x" as printf writes it, for a byte and for every width of a wider value. */
+    for (unsigned v = 0; v < 0x11000; v++)
+        SAME_AS_PRINTF("%02x", v);
+    for (unsigned shift = 0; shift < 32; shift++) {
+        SAME_AS_PRINTF("%02x", 1u << shift);
+        SAME_AS_PRINTF("%02x", (1u << shift) - 1);
+    }
+    SAME_AS_PRINTF("%02x", UINT_MAX);
+    /* Every other format is glibc's. */
+    SAME_AS_PRINTF("%02X", 0xabu);
+    SAME_AS_PRINTF("%02x%02x", 0x1u, 0xffu);
+    SAME_AS_PRINTF("%2x", 0x5u);
+    SAME_AS_PRINTF("%s=%d", "n", -42);
+    SAME_AS_PRINTF("%02xz", 0x7u);
+
+    /* The room: digits and NUL must fit, else nothing is written. */
+    char out[4] = "abc";
+    CHECK(keylog_hex_format(out, 3, 0xab) == 2);
+    CHECK_STR(out, "ab");
+    memcpy(out, "abc", 4);
+    CHECK(keylog_hex_format(out, 2, 0xab) == -1);
+    CHECK_STR(out, "abc");
+    CHECK(keylog_hex_format(out, 4, 0x123) == 3);
+    CHECK_STR(out, "123");
+    CHECK(keylog_hex_format(out, 0, 0) == -1);
+
+    /* The point of it all: libssl's calls find this definition, which they do only when the
+     * executable exports it (the first in the global lookup order is what libssl binds to). */
+    CHECK(dlsym(RTLD_DEFAULT, "__sprintf_chk") == (void *)__sprintf_chk);
+}
+
 /* ---- against OpenSSL's own TLS 1.3: a real handshake over memory BIOs, then the server's SSL
  * is freed and tls13 carries on with the secrets its keylog callback gave ---- */
 
@@ -1206,6 +1254,7 @@ int main(void)
         test_export(all_aeads[i]);
     }
     test_keylog();
+    test_keylog_hex();
     test_init_refuses();
     test_memory(TLS13_AES_128_GCM_SHA256, "AES-128-GCM");
     test_memory(TLS13_AES_256_GCM_SHA384, "AES-256-GCM");
