@@ -63,13 +63,14 @@ static void log_connection(struct conn *c)
     size_t last = c->backend_index < c->n_backends ? c->backend_index : c->n_backends - 1;
     const char *backend = c->n_backends ? c->backends[last].text : "-";
     log_info("conn listener=%s client=%s sni=%s cert=%s kind=%s tls=%s cipher=%s record=%s "
-             "backend=%s up=%llu down=%llu%s%.0llu duration_ms=%llu outcome=%s%s%s%s",
+             "resumed=%s backend=%s up=%llu down=%llu%s%.0llu duration_ms=%llu outcome=%s%s%s%s",
              c->listener->conf->name, client,
              choice && choice->sni[0] ? choice->sni : "-",
              tls_cert_path(c),
              choice ? kinds[choice->kind] : "-",
              tls_version_name(c), tls_cipher_name(c),
              c->offload ? "own" : tls_is_up(c) ? "openssl" : "-",
+             c->offload || tls_is_up(c) ? (c->tls_resumed ? "yes" : "no") : "-",
              backend,
              (unsigned long long)c->bytes_up, (unsigned long long)c->bytes_down,
              c->discarded ? " discarded=" : "", (unsigned long long)c->discarded,

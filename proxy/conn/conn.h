@@ -106,6 +106,7 @@ struct conn {
     struct st_session *st;             /* mail listeners, until the client goes blind */
     struct buf *pin;                   /* TLS up, before login: decrypted client bytes, a partial line */
     bool starttls_done;                /* TLS came from STARTTLS (swallow the next greeting) */
+    bool tls_resumed;                  /* the handshake resumed a session from a ticket */
 
     uint64_t start_ms, last_active_ms;
     uint64_t bytes_up, bytes_down;     /* plaintext client→backend, backend→client */

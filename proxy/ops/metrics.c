@@ -18,6 +18,7 @@
 
 static atomic_ullong handshakes[OUT_NOMEM + 1];
 static atomic_ullong handshakes_ok;
+static atomic_ullong handshakes_resumed; /* of handshakes_ok: a session resumed from a ticket */
 static atomic_ullong carried[2]; /* sessions by record layer: [0] OpenSSL, [1] tls13/ */
 static atomic_ullong sni_kind[4];
 static atomic_ullong starttls_upgrades;
@@ -45,6 +46,8 @@ void metrics_session_started(const struct conn *c)
     if (!tls_in_use(c))
         return;
     atomic_fetch_add_explicit(&handshakes_ok, 1, RELAXED);
+    if (c->tls_resumed)
+        atomic_fetch_add_explicit(&handshakes_resumed, 1, RELAXED);
     const struct cs_choice *choice = tls_choice(c);
     if (choice)
         atomic_fetch_add_explicit(&sni_kind[choice->kind], 1, RELAXED);
@@ -148,6 +151,12 @@ void metrics_render(const struct server *srv, FILE *out)
                  "mailsnid_handshakes_total{outcome=\"timeout\"} %llu\n",
             get(&handshakes_ok), get(&handshakes[OUT_HANDSHAKE_FAILED]),
             get(&handshakes[OUT_HANDSHAKE_TIMEOUT]));
+    fprintf(out, "# HELP mailsnid_handshakes_resumed_total Of the handshakes counted ok, those that "
+                 "resumed a session from a ticket (a fall after a ticket-key change means the keys "
+                 "differ between instances).\n"
+                 "# TYPE mailsnid_handshakes_resumed_total counter\n"
+                 "mailsnid_handshakes_resumed_total %llu\n",
+            get(&handshakes_resumed));
     fprintf(out, "# HELP mailsnid_tls_sessions_total TLS sessions relayed, by the record layer that "
                  "carried them after the handshake (own: tls13/, OpenSSL's SSL object freed).\n"
                  "# TYPE mailsnid_tls_sessions_total counter\n"

@@ -193,6 +193,7 @@ static void handshake_step(struct conn *c)
         /* Application data that came with the client's Finished stays in c->cin (or inside
          * OpenSSL) and is read once the backend is there to take it. */
         conn_client_read_stop(c);
+        c->tls_resumed = SSL_session_reused(c->ssl);
         /* A TLS-ALPN-01 validation is over once the handshake is (RFC 8737 3). */
         if (acme_tls_is_challenge(c->ssl)) {
             snprintf(c->error, sizeof c->error, "acme tls-alpn-01 validation");
@@ -368,6 +369,10 @@ const char *tls_cipher_name(const struct conn *c)
 
 const char *tls_cert_path(const struct conn *c)
 {
+    /* A resumed handshake sends no certificate; the one OpenSSL still has set is whichever was
+     * loaded last for the name (RSA after ECDSA, say), not the one the session began with. */
+    if (c->tls_resumed)
+        return "-";
     return c->offload ? tls_offload_cert_path(c) : tls_is_up(c) ? cs_used_cert_path(c->ssl) : "-";
 }
 

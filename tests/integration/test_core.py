@@ -635,12 +635,13 @@ class Resumption(Base):
                 f.write(base64.b64encode(k).decode() + "\n")
         return path
 
-    def instance(self, tickets: str | None, backend: EchoBackend) -> int:
+    def instance(self, tickets: str | None, backend: EchoBackend, admin: int | None = None) -> int:
         port = free_port()
         extra = f'ticket_keys = "{tickets}"; ' if tickets else ""
-        cfg = base_config(listener("tls", port, "imap", backend.addr)).replace(
+        cfg = base_config(listener("tls", port, "imap", backend.addr),
+                          f'admin = "127.0.0.1:{admin}";' if admin else "").replace(
             "tls = {", "tls = { " + extra, 1)
-        p = MailsnidProcess(cfg, self.dir, name=f"m{port}").start([port])
+        p = MailsnidProcess(cfg, self.dir, name=f"m{port}").start([port] + ([admin] if admin else []))
         self.addCleanup(p.stop)
         self.procs = getattr(self, "procs", []) + [p]
         return port
@@ -656,6 +657,35 @@ class Resumption(Base):
             self.assertFalse(reused)
             _, reused = self.session_from(port, ctx, sess)
             self.assertTrue(reused, version)
+
+    def test_resumed_handshakes_are_counted_and_logged(self):
+        # What an operator watches after distributing ticket keys: the share of resumed
+        # handshakes, on /metrics and per session in the log (TLS 1.3 sessions are carried by the
+        # own record layer, TLS 1.2 ones by OpenSSL: both say it).
+        import urllib.request
+        backend = EchoBackend()
+        self.addCleanup(backend.stop)
+        admin = free_port()
+        port = self.instance(None, backend, admin)
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            ctx = ssl.create_default_context(cafile=PKI["ca"])
+            ctx.maximum_version = version
+            sess, _ = self.session_from(port, ctx)
+            self.assertTrue(self.session_from(port, ctx, sess)[1])
+            self.assertTrue(self.session_from(port, ctx, sess)[1])
+        proc = self.procs[-1]
+        proc.wait_log(r"conn listener=tls .*outcome=ok", count=6)
+        lines = [l for l in proc.log().splitlines() if "conn listener=tls" in l and "outcome=ok" in l]
+        self.assertEqual([re.search(r" resumed=(\S+)", l).group(1) for l in lines],
+                         ["no", "yes", "yes"] * 2, lines)
+        self.assertEqual(sum("record=own resumed=" in l for l in lines), 3, lines)
+        # A resumed handshake sends no certificate, and the log does not name one.
+        self.assertEqual([re.search(r" cert=(\S+)", l).group(1) == "-" for l in lines],
+                         [False, True, True] * 2, lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+            body = r.read().decode()
+        self.assertIn('mailsnid_handshakes_total{outcome="ok"} 6\n', body)
+        self.assertIn("mailsnid_handshakes_resumed_total 4\n", body)
 
     def test_fleet_sharing_a_key_file_resumes_each_others_sessions(self):
         backend = EchoBackend()

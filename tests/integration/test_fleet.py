@@ -758,11 +758,20 @@ class Fleet(unittest.TestCase):
         # reloads really changed the keys); the new key's still resume everywhere.
         write_atomically(self.tickets, ticket_line(self.k2))
         self.reload_both()
+        resumed = self.resumed_handshakes()
         for old in (s1, s_mid):
             for inst, (_, reused) in self.on_each_instance(old).items():
                 self.assertFalse(reused, f"retired key still accepted on {inst}")
+        # What an operator sees of it: the fleet's resumed handshakes stop growing...
+        self.assertEqual(self.resumed_handshakes(), resumed)
         for inst, (_, reused) in self.on_each_instance(s2).items():
             self.assertTrue(reused, f"new-key ticket not resumed on {inst} after retiring")
+        # ... and grow again on both instances for tickets of the key they share.
+        now = self.resumed_handshakes()
+        self.assertTrue(all(now[i] > resumed[i] for i in now), (resumed, now))
+
+    def resumed_handshakes(self) -> dict[str, float]:
+        return {n: i.metric("mailsnid_handshakes_resumed_total") for n, i in self.instances.items()}
 
     def test_3_health_checks_never_count_against_the_per_client_limit(self):
         # The balancer's checks hit /healthz four times a second on each instance throughout.
