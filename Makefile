@@ -130,7 +130,7 @@ FUZZ_SRC_sni := $(wildcard certstore/*.c)
 FUZZ_SRC_proxyproto := proxy/conn/proxyproto.c
 FUZZ_SRC_starttls := proxy/mail/st_engine.c proxy/mail/st_imap.c proxy/mail/st_pop3.c proxy/mail/st_smtp.c
 FUZZ_SRC_http := proxy/http/http_parse.c proxy/http/http_setup.c proxy/http/http_reply.c
-FUZZ_SRC_acme := acme/parse.c acme/ari.c acme/jws.c acme/storage.c
+FUZZ_SRC_acme := acme/parse.c acme/ari.c acme/jws.c acme/storage.c acme/pace.c
 FUZZ_SRC_tls13 := tls13/record.c tls13/keys.c
 
 .SECONDEXPANSION:

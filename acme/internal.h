@@ -70,6 +70,12 @@ struct acme_bucket {
 };
 bool acme_bucket_take(struct acme_bucket *b, unsigned per_window, unsigned window_s, time_t now,
                       time_t *when);
+/* The bucket as a file in storage holds it, for every instance that shares the storage:
+ * "<tokens> <unix seconds>\n". Format returns the length written, or -ENOSPC. Parse takes the
+ * whole file (LEN bytes) and returns false, leaving B alone, unless it is exactly one such
+ * line with a finite, non-negative count. */
+int acme_bucket_format(const struct acme_bucket *b, char *out, size_t cap);
+bool acme_bucket_parse(const char *text, size_t len, struct acme_bucket *b);
 
 /* ---- jws.c ---- */
 
@@ -129,6 +135,15 @@ int acme_mkdirs(const char *path, int mode);
  * holder died). Returns 0 when taken, -EBUSY when another holds it, or -errno. */
 int acme_lock(const char *storage, const char *name, long stale);
 void acme_unlock(const char *storage, const char *name);
+/* Takes one new order from the budget that every instance sharing STORAGE with the same
+ * PER_WINDOW and WINDOW_S draws from (the CA counts the orders of the account they share):
+ * its state lives in STORAGE/pace-PER_WINDOW-WINDOW_S, read and rewritten under a lock. A file
+ * that is not there yet is a full budget; one that cannot be read as a budget is an empty one
+ * (it refills from now: never more orders than the limit). Returns 1 when taken, 0 with *WHEN
+ * set when not (or while another instance holds the lock for longer than a second), -errno
+ * when the storage cannot be used (the caller keeps a budget of its own then). */
+int acme_pace_take_shared(const char *storage, unsigned per_window, unsigned window_s, time_t now,
+                          time_t *when);
 /* Installs CHAIN_PEM + KEY_PEM as STORAGE/certs/DOMAIN/{fullchain,privkey}.pem in one step
  * (a new folder under STORAGE/archive, then the DOMAIN link swapped by rename()). */
 int acme_store_pair(const char *storage, const char *domain, const char *chain_pem,

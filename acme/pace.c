@@ -1,7 +1,14 @@
 /* pace.c: how long to wait, as pure functions of what happened (unit-tested on their own):
  * between two looks at a pending authorization or order, between two attempts for a failing
- * domain, and before the next new order the global budget allows. */
+ * domain, and before the next new order the global budget allows; and that budget's state as
+ * the file in storage holds it. */
 #include "acme/internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* A CA decides a validation in milliseconds (pebble) to a few seconds (Let's Encrypt): the
  * first look comes soon and the gaps double from there, so a quick CA is not kept waiting a
@@ -68,4 +75,38 @@ bool acme_bucket_take(struct acme_bucket *b, unsigned per_window, unsigned windo
     }
     *when = now + (time_t)((1 - b->tokens) / rate) + 1;
     return false;
+}
+
+/* "<tokens> <unix seconds>\n": tokens with three decimals (a token is a whole new order; a
+ * thousandth of one is below any rate that matters), the time in whole seconds. */
+int acme_bucket_format(const struct acme_bucket *b, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%.3f %lld\n", b->tokens, (long long)b->at);
+    return n > 0 && (size_t)n < cap ? n : -ENOSPC;
+}
+
+bool acme_bucket_parse(const char *text, size_t len, struct acme_bucket *b)
+{
+    char buf[64];
+    /* One line, whole: a file cut short is not read as a smaller number. */
+    if (len == 0 || len >= sizeof buf || text[len - 1] != '\n' || memchr(text, '\0', len))
+        return false;
+    memcpy(buf, text, len);
+    buf[len] = '\0';
+    if (buf[0] < '0' || buf[0] > '9')
+        return false;                     /* strtod would skip blanks and take "inf", "nan" */
+    char *end;
+    errno = 0;
+    double tokens = strtod(buf, &end);
+    if (end == buf || *end != ' ' || errno || !isfinite(tokens) || tokens < 0 || tokens > 1e9)
+        return false;
+    const char *t = end + 1;
+    if (*t < '0' || *t > '9')
+        return false;
+    long long at = strtoll(t, &end, 10);
+    if (errno || *end != '\n' || end[1] != '\0')
+        return false;
+    b->tokens = tokens;
+    b->at = (time_t)at;
+    return true;
 }

@@ -2,7 +2,8 @@
  * certificate is stored, at its renewal time when one is (ARI's window when the directory offers
  * it, else renew_before_days before expiry, else two thirds into its lifetime), or after a
  * back-off when the last attempt failed (backoff_min doubling up to backoff_max, or longer when
- * the CA said Retry-After). New orders draw from a token bucket of pace_orders per pace_window,
+ * the CA said Retry-After). New orders draw from a token bucket of pace_orders per pace_window
+ * (kept in storage, shared by the instances that share it),
  * so 100,000 domains onboard at the CA's rate instead of tripping it; a 429 pauses every order.
  *
  * ORDER_THREADS threads take due domains, each its own (a domain is never in two orders at
@@ -178,8 +179,17 @@ static void adopt(struct acme *m)
             m->doms[i].next = now;
 }
 
+/* A new order from the budget: the one in storage, which every instance sharing it draws from
+ * (they share the account, and the CA's limit is the account's); this process's own when the
+ * storage cannot be used (the order that follows will say why). */
 static bool take_token(struct acme *m, time_t now, time_t *when)
 {
+    int shared = acme_pace_take_shared(m->s->storage, m->s->pace_orders, m->s->pace_window_s,
+                                       now, when);
+    if (shared >= 0)
+        return shared == 1;
+    m->hooks.log(CONF_LOG_WARNING, "acme: the order budget in %s cannot be used (%s): this "
+                 "instance counts its own", m->s->storage, strerror(-shared));
     pthread_mutex_lock(&m->lock);
     bool ok = acme_bucket_take(&m->bucket, m->s->pace_orders, m->s->pace_window_s, now, when);
     pthread_mutex_unlock(&m->lock);

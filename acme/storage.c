@@ -5,6 +5,7 @@
  *   archive/DOMAIN.N/{fullchain,privkey}.pem   (key 0600)
  *   challenges/tls-alpn-01/NAME, challenges/http-01/TOKEN   key authorizations
  *   locks/DOMAIN.lock                   who orders DOMAIN now (O_EXCL; taken over when stale)
+ *   pace-N-W, locks/.pace.lock          the new-order budget of N per W seconds, and its lock
  *   status/DOMAIN                       "pending" or "failing: reason", for --certs */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -119,6 +121,50 @@ void acme_unlock(const char *storage, const char *name)
     char path[PATH_MAX + 300];
     snprintf(path, sizeof path, "%s/locks/%s.lock", storage, name);
     unlink(path);
+}
+
+/* The budget's lock is held for a read and a rewrite of a few bytes: a holder gone for
+ * longer than this died. Not a domain's name: those never begin with a dot. */
+#define PACE_LOCK ".pace"
+#define PACE_LOCK_STALE 30
+#define PACE_LOCK_TRIES 100 /* 10 ms apart: a second */
+
+int acme_pace_take_shared(const char *storage, unsigned per_window, unsigned window_s, time_t now,
+                          time_t *when)
+{
+    int rc = -EBUSY;
+    for (int i = 0; i < PACE_LOCK_TRIES && rc == -EBUSY; i++) {
+        if (i)
+            nanosleep(&(struct timespec){ .tv_nsec = 10 * 1000 * 1000 }, NULL);
+        rc = acme_lock(storage, PACE_LOCK, PACE_LOCK_STALE);
+    }
+    if (rc == -EBUSY) {
+        *when = now + 1;
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+
+    char path[PATH_MAX + 64], text[64];
+    snprintf(path, sizeof path, "%s/pace-%u-%u", storage, per_window, window_s);
+    struct acme_bucket b = { .tokens = per_window, .at = now };  /* no file yet: a full budget */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, text, sizeof text);
+        close(fd);
+        if (n < 0 || !acme_bucket_parse(text, (size_t)n, &b))
+            b = (struct acme_bucket){ .tokens = 0, .at = now };
+    } else if (errno != ENOENT) {
+        rc = -errno;
+    }
+    bool taken = false;
+    if (rc == 0) {
+        taken = acme_bucket_take(&b, per_window, window_s, now, when);
+        int len = acme_bucket_format(&b, text, sizeof text);
+        rc = len < 0 ? len : acme_write_file(path, text, (size_t)len, 0600);
+    }
+    acme_unlock(storage, PACE_LOCK);
+    return rc < 0 ? rc : taken;
 }
 
 int acme_store_pair(const char *storage, const char *domain, const char *chain_pem,

@@ -702,6 +702,30 @@ class Acme(unittest.TestCase):
         answered_by_two = set(re.findall(r"answering a tls-alpn-01 validation for mail\.(\S+)", p2.log()))
         self.assertTrue(by_one & answered_by_two, (by_one, answered_by_two))
 
+    def test_two_instances_share_one_order_budget(self):
+        # Instances sharing storage share the account, and the CA limits the account's new
+        # orders: two per hour here, for the two of them together, not two each.
+        domains = ["b1.test", "b2.test", "b3.test", "b4.test"]
+        for d in domains:
+            for n in (f"mail.{d}", f"webmail.{d}"):
+                self.pebble.add_a(n, "127.0.0.2")
+        pace = "pace_orders = 2; pace_window = 3600;"
+        p1 = self.start(domains, name="one", listen=f"127.0.0.2:{self.port}", extra=pace)
+        p2 = self.start(domains, name="two", listen=f"127.0.0.3:{self.port}", admin=free_port(),
+                        extra=pace)
+        issued = lambda: re.findall(r"acme: (\S+): certificate issued", p1.log() + p2.log())
+        deadline = time.monotonic() + 60 * SLOW
+        while len(issued()) < 2:
+            self.assertLess(time.monotonic(), deadline, p1.log() + p2.log())
+            time.sleep(0.2)
+        time.sleep(3 * SLOW)      # time enough for a third order, were there a budget for it
+        self.assertEqual(len(issued()), 2, issued())
+        self.assertEqual(self.pebble.log().count("Added order "), 2)
+        out = self.certs_output(p1)
+        self.assertEqual(len(re.findall(r"(?m)^mail\.b\d\.test acme valid until ", out)), 2, out)
+        self.assertEqual(len(re.findall(r"(?m)^mail\.b\d\.test acme pending$", out)), 2, out)
+        self.assertTrue(os.path.exists(os.path.join(self.storage, "pace-2-3600")))
+
 
 def mount_namespace_ok() -> bool:
     """A private mount namespace with a tmpfs in it, and nsenter: refused in some containers."""

@@ -4,12 +4,15 @@
  * means here: every prefix of a good input, in a buffer of exactly its size (ASan sees any
  * read past it), must be refused or read the same, never crash. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <utime.h>
 #include <openssl/ec.h>
@@ -429,14 +432,81 @@ static void test_pace(void)
     CHECK(!acme_bucket_take(&b, 2, 8, 4000, &when));
 }
 
+/* The budget as the file in storage holds it: one whole line, never a piece of one. */
+static void test_bucket_file(void)
+{
+    char text[64];
+    struct acme_bucket b = { .tokens = 12.25, .at = 1796406313 }, r = { .tokens = -1, .at = -1 };
+    int n = acme_bucket_format(&b, text, sizeof text);
+    CHECK(n > 0 && strcmp(text, "12.250 1796406313\n") == 0);
+    CHECK(acme_bucket_parse(text, (size_t)n, &r) && r.tokens == 12.25 && r.at == 1796406313);
+    CHECK(acme_bucket_format(&b, text, 5) == -ENOSPC);
+    /* Cut at every byte: no prefix of a line is a budget. */
+    n = acme_bucket_format(&b, text, sizeof text);
+    for (int cut = 0; cut < n; cut++) {
+        r = (struct acme_bucket){ .tokens = 7, .at = 7 };
+        CHECK(!acme_bucket_parse(text, (size_t)cut, &r) && r.tokens == 7 && r.at == 7);
+    }
+    static const char *const bad[] = {
+        "\n", "1 5", "1 5\n\n", "-1 5\n", "nan 5\n", "inf 5\n", "1e10 5\n", "1.0 x\n",
+        "1 -5\n", "1  5\n", " 1 5\n", "1,5 5\n", "1 5 \n", "1 5x\n", "1\n", "1 99999999999999999999\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        r = (struct acme_bucket){ .tokens = 7, .at = 7 };
+        CHECK(!acme_bucket_parse(bad[i], strlen(bad[i]), &r) && r.tokens == 7 && r.at == 7);
+    }
+    CHECK(!acme_bucket_parse("1 5\0\n", 5, &r));
+    CHECK(acme_bucket_parse("0 0\n", 4, &r) && r.tokens == 0 && r.at == 0);
+}
+
+/* The budget shared through storage: two callers (two instances) draw from one. */
+static void test_pace_shared(void)
+{
+    char storage[128], path[256];
+    snprintf(storage, sizeof storage, "%s/pace-store", tmp);
+    CHECK(acme_mkdirs(storage, 0700) == 0);
+    time_t when = 0;
+    /* No file yet: a full budget of 2 per 100 s; the third order waits 50 s for a token. */
+    CHECK(acme_pace_take_shared(storage, 2, 100, 1000, &when) == 1);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 1000, &when) == 1);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 1010, &when) == 0 && when == 1051);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 1051, &when) == 1);
+    snprintf(path, sizeof path, "%s/pace-2-100", storage);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    /* Other settings, another budget (a fleet changing its pace moves to a fresh one). */
+    CHECK(acme_pace_take_shared(storage, 3, 100, 1051, &when) == 1);
+    /* A file that is not a budget counts as an empty one, refilled from now. */
+    FILE *f = fopen(path, "w");
+    CHECK(f && fputs("garbage", f) >= 0 && fclose(f) == 0);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 2000, &when) == 0 && when == 2051);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 2051, &when) == 1);
+    /* Another instance holds the lock: after a second of trying, "not now", and no order. */
+    char lock[256];
+    snprintf(lock, sizeof lock, "%s/locks/.pace.lock", storage);
+    f = fopen(lock, "w");
+    CHECK(f && fclose(f) == 0);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 5000, &when) == 0 && when == 5001);
+    /* ... unless it died holding it: a stale lock is taken over. */
+    struct timespec old[2] = { { .tv_sec = time(NULL) - 3600 }, { .tv_sec = time(NULL) - 3600 } };
+    CHECK(utimensat(AT_FDCWD, lock, old, 0) == 0);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 5000, &when) == 1);
+    CHECK(access(lock, F_OK) != 0);
+    /* Storage that cannot be used: the caller falls back to a budget of its own. */
+    snprintf(path, sizeof path, "%s/pace-2-100/below-a-file", storage);
+    CHECK(acme_pace_take_shared(path, 2, 100, 5000, &when) < 0);
+}
+
 int main(void)
 {
     test_pace();
+    test_bucket_file();
     snprintf(tmp, sizeof tmp, "/tmp/acme-test-XXXXXX");
     if (!mkdtemp(tmp)) {
         perror("mkdtemp");
         return 2;
     }
+    test_pace_shared();
     test_rfc3339();
     test_retry_after();
     test_header();
