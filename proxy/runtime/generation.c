@@ -103,6 +103,26 @@ struct listen_slot *gen_find_slot(const struct generation *gen, const struct con
     return NULL;
 }
 
+static unsigned addr_port(const struct conf_addr *a)
+{
+    if (a->ss.ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+    if (a->ss.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+    return 0;
+}
+
+/* The listener of GEN whose socket is on ADDR's port at another address ("0.0.0.0:993" and
+ * "127.0.0.1:993"): the kernel refuses the new one while this process still holds the old. */
+static const struct conf_listener *own_listener_on_port(const struct generation *gen,
+                                                        const struct conf_addr *addr)
+{
+    for (size_t i = 0; gen && i < gen->n_listeners; i++)
+        if (gen->listeners[i].slot && addr_port(&gen->listeners[i].slot->addr) == addr_port(addr))
+            return gen->listeners[i].conf;
+    return NULL;
+}
+
 static struct listen_slot *slot_new(const struct conf_addr *addr, unsigned n_fds)
 {
     struct listen_slot *s = calloc(1, sizeof *s);
@@ -121,7 +141,8 @@ static struct listen_slot *slot_new(const struct conf_addr *addr, unsigned n_fds
 }
 
 static struct listen_slot *slot_bind(const struct conf *conf, const struct conf_listener *l,
-                                     unsigned n_workers, char **err)
+                                     const struct generation *current, unsigned n_workers,
+                                     char **err)
 {
     int rc = 0, inherited[UPGRADE_MAX_FDS];
     unsigned n_inherited = upgrade_take_fds(&l->listen.ss, inherited, UPGRADE_MAX_FDS);
@@ -148,9 +169,16 @@ static struct listen_slot *slot_bind(const struct conf *conf, const struct conf_
         return s;
     }
     if (listener_check_free(l) == -EADDRINUSE) {
-        set_err(err, "%s:%d: listener %s: cannot listen on %s: another process listens there "
-                "(a second mailsnid? SIGUSR2 upgrades a running one)\n", conf->path, l->line,
-                l->name, l->listen.text);
+        const struct conf_listener *own = own_listener_on_port(current, &l->listen);
+        if (own)
+            set_err(err, "%s:%d: listener %s: cannot listen on %s while this process listens on "
+                    "%s (listener %s) on the same port: remove or move that one in a reload of "
+                    "its own, then add this one\n", conf->path, l->line, l->name, l->listen.text,
+                    own->listen.text, own->name);
+        else
+            set_err(err, "%s:%d: listener %s: cannot listen on %s: another process listens there "
+                    "(a second mailsnid? SIGUSR2 upgrades a running one)\n", conf->path, l->line,
+                    l->name, l->listen.text);
         slot_unref(s);
         return NULL;
     }
@@ -176,7 +204,7 @@ int gen_attach_slots(struct generation *gen, const struct generation *current, u
         struct listen_slot *s = gen_find_slot(current, &rt->conf->listen);
         if (s) {
             atomic_fetch_add(&s->refs, 1);
-        } else if (!(s = slot_bind(gen->conf, rt->conf, n_workers, err))) {
+        } else if (!(s = slot_bind(gen->conf, rt->conf, current, n_workers, err))) {
             return -EADDRINUSE;
         }
         rt->slot = s;

@@ -200,6 +200,37 @@ class LiveConfig(Base):
         self.assertEqual(session(p_imaps).greeting, b"A\r\n")
         self.assertRegex(self.metrics(), r"mailsnid_config_generation 1\b")
 
+    def test_moving_a_listener_to_an_overlapping_address_says_how(self):
+        # 127.0.0.1:P -> 0.0.0.0:P in one reload: the kernel refuses the new socket while this
+        # process holds the old. The reload fails naming the listener in the way and the two
+        # steps that work, and the old one keeps serving; the two steps then do work.
+        port = free_port()
+        proc = MailsnidProcess(self.config([("imaps", port, "A", "")]), self.dir).start(
+            [port, self.admin])
+        self.addCleanup(proc.stop)
+        moved = self.config([("imaps", port, "B", "")]).replace(
+            f'listen = "127.0.0.1:{port}"', f'listen = "0.0.0.0:{port}"')
+        self.reload(proc, moved, r"reload \(.*\) failed")
+        line = next(i + 1 for i, l in enumerate(moved.splitlines()) if '"imaps"' in l)
+        self.assertRegex(proc.log(), rf"{re.escape(proc.config)}:{line}: listener imaps: cannot "
+                                     rf"listen on 0\.0\.0\.0:{port} while this process listens on "
+                                     rf"127\.0\.0\.1:{port} \(listener imaps\) on the same port")
+        self.assertNotIn("another process listens there", proc.log())
+        self.assertEqual(session(port).greeting, b"A\r\n")
+        self.reload(proc, self.config([("other", free_port(), "A", "")]),
+                    r"reload \(.*\): generation \d+: 1 listeners")
+        self.reload(proc, moved, r"reload \(.*\): generation \d+: 1 listeners")
+        # (The file watcher may have reloaded the first step's file after the signal did.)
+        deadline = time.monotonic() + 10 * SLOW
+        while True:
+            try:
+                if session(port).greeting == b"B\r\n":
+                    break
+            except OSError:
+                pass
+            self.assertLess(time.monotonic(), deadline, proc.log()[-3000:])
+            time.sleep(0.1)
+
     def test_admin_address_moves_on_reload(self):
         p_imaps = free_port()
         proc = MailsnidProcess(self.config([("imaps", p_imaps, "A", "")]), self.dir).start(
