@@ -70,10 +70,10 @@ struct acme_bucket {
 };
 bool acme_bucket_take(struct acme_bucket *b, unsigned per_window, unsigned window_s, time_t now,
                       time_t *when);
-/* The bucket as a file in storage holds it, for every instance that shares the storage:
- * "<tokens> <unix seconds>\n". Format returns the length written, or -ENOSPC. Parse takes the
- * whole file (LEN bytes) and returns false, leaving B alone, unless it is exactly one such
- * line with a finite, non-negative count. */
+/* The bucket as the file in storage holds it: "<millionths of a token> <unix seconds>\n", each
+ * 20 decimal digits. Format returns the length written (always the same), or -ENOSPC. Parse
+ * takes the whole file (LEN bytes) and returns false, leaving B alone, unless it is exactly one
+ * such line (any number of digits up to 20) with at most a billion tokens. */
 int acme_bucket_format(const struct acme_bucket *b, char *out, size_t cap);
 bool acme_bucket_parse(const char *text, size_t len, struct acme_bucket *b);
 
@@ -136,14 +136,19 @@ int acme_mkdirs(const char *path, int mode);
 int acme_lock(const char *storage, const char *name, long stale);
 void acme_unlock(const char *storage, const char *name);
 /* Takes one new order from the budget that every instance sharing STORAGE with the same
- * PER_WINDOW and WINDOW_S draws from (the CA counts the orders of the account they share):
- * its state lives in STORAGE/pace-PER_WINDOW-WINDOW_S, read and rewritten under a lock. A file
- * that is not there yet is a full budget; one that cannot be read as a budget is an empty one
- * (it refills from now: never more orders than the limit). Returns 1 when taken, 0 with *WHEN
- * set when not (or while another instance holds the lock for longer than a second), -errno
- * when the storage cannot be used (the caller keeps a budget of its own then). */
+ * PER_WINDOW and WINDOW_S draws from (the CA counts the orders of the account they share).
+ * Its state lives in STORAGE/pace-PER_WINDOW-WINDOW_S, read and rewritten in place under an
+ * open-file-description lock on that file (fcntl F_OFD_SETLK: it holds between threads of one
+ * process as between processes, goes over NFS, and is gone with its holder). A file that is
+ * empty is a full budget; one that cannot be read as a budget is an empty one (it refills from
+ * now: never more orders than the limit); a time in it ahead of NOW (a host whose clock runs
+ * ahead wrote it) counts as NOW. The file is written when an order is taken, or when what it
+ * held was one of those two (else the refill would be counted from a new NOW at every look).
+ * *STATE is the caller's own copy of the budget: it is set to what the file held (after the
+ * take) whenever the file was read. Returns 1 when taken; 0 with *WHEN set when not, or when
+ * another holder kept the lock for a second; -errno when the storage cannot be used. */
 int acme_pace_take_shared(const char *storage, unsigned per_window, unsigned window_s, time_t now,
-                          time_t *when);
+                          struct acme_bucket *state, time_t *when);
 /* Installs CHAIN_PEM + KEY_PEM as STORAGE/certs/DOMAIN/{fullchain,privkey}.pem in one step
  * (a new folder under STORAGE/archive, then the DOMAIN link swapped by rename()). */
 int acme_store_pair(const char *storage, const char *domain, const char *chain_pem,

@@ -5,9 +5,9 @@
 #include "acme/internal.h"
 
 #include <errno.h>
-#include <math.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* A CA decides a validation in milliseconds (pebble) to a few seconds (Let's Encrypt): the
@@ -77,12 +77,39 @@ bool acme_bucket_take(struct acme_bucket *b, unsigned per_window, unsigned windo
     return false;
 }
 
-/* "<tokens> <unix seconds>\n": tokens with three decimals (a token is a whole new order; a
- * thousandth of one is below any rate that matters), the time in whole seconds. */
+/* "<millionths of a token> <unix seconds>\n", both in decimal digits of fixed width: integers,
+ * so no locale's decimal point and no rounding that a float printed short would bring (a slow
+ * budget refills by less than a thousandth of an order between two looks); the same length
+ * every time, so a rewrite in place never leaves the tail of a longer line behind. */
+#define MICRO 1000000.0
+#define TOKENS_MAX 1e9
+
 int acme_bucket_format(const struct acme_bucket *b, char *out, size_t cap)
 {
-    int n = snprintf(out, cap, "%.3f %lld\n", b->tokens, (long long)b->at);
+    double t = b->tokens < 0 ? 0 : b->tokens > TOKENS_MAX ? TOKENS_MAX : b->tokens;
+    unsigned long long micro = (unsigned long long)(t * MICRO);  /* down: never a token more */
+    long long at = b->at < 0 ? 0 : (long long)b->at;
+    int n = snprintf(out, cap, "%020llu %020lld\n", micro, at);
     return n > 0 && (size_t)n < cap ? n : -ENOSPC;
+}
+
+/* Decimal digits only, 1 to 20 of them, ending at *END (strtoull would take signs, blanks,
+ * "0x"). */
+static bool digits(const char *s, char stop, unsigned long long *out, const char **end)
+{
+    unsigned long long v = 0;
+    size_t n = 0;
+    for (; s[n] >= '0' && s[n] <= '9'; n++) {
+        unsigned d = (unsigned)(s[n] - '0');
+        if (n == 20 || v > (ULLONG_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    if (n == 0 || s[n] != stop)
+        return false;
+    *out = v;
+    *end = s + n;
+    return true;
 }
 
 bool acme_bucket_parse(const char *text, size_t len, struct acme_bucket *b)
@@ -93,20 +120,12 @@ bool acme_bucket_parse(const char *text, size_t len, struct acme_bucket *b)
         return false;
     memcpy(buf, text, len);
     buf[len] = '\0';
-    if (buf[0] < '0' || buf[0] > '9')
-        return false;                     /* strtod would skip blanks and take "inf", "nan" */
-    char *end;
-    errno = 0;
-    double tokens = strtod(buf, &end);
-    if (end == buf || *end != ' ' || errno || !isfinite(tokens) || tokens < 0 || tokens > 1e9)
+    unsigned long long micro, at;
+    const char *end;
+    if (!digits(buf, ' ', &micro, &end) || !digits(end + 1, '\n', &at, &end) || end[1] != '\0' ||
+        micro / MICRO > TOKENS_MAX || at > (unsigned long long)INT64_MAX)
         return false;
-    const char *t = end + 1;
-    if (*t < '0' || *t > '9')
-        return false;
-    long long at = strtoll(t, &end, 10);
-    if (errno || *end != '\n' || end[1] != '\0')
-        return false;
-    b->tokens = tokens;
+    b->tokens = (double)micro / MICRO;
     b->at = (time_t)at;
     return true;
 }

@@ -67,7 +67,8 @@ struct acme {
     unsigned ca_gen;                      /* bumped when the CA or storage changes */
     struct dom *doms;
     size_t n_doms, cursor, n_busy;
-    struct acme_bucket bucket;
+    struct acme_bucket bucket;        /* the budget as last read from storage, or our own */
+    bool pace_own;                    /* storage's budget unusable: counting on our own */
     time_t paused_until;
     struct worker workers[ORDER_THREADS];
 };
@@ -180,18 +181,33 @@ static void adopt(struct acme *m)
 }
 
 /* A new order from the budget: the one in storage, which every instance sharing it draws from
- * (they share the account, and the CA's limit is the account's); this process's own when the
- * storage cannot be used (the order that follows will say why). */
+ * (they share the account, and the CA's limit is the account's). Its last state read is kept
+ * here too, so that when the storage cannot be used this process goes on from there on its own
+ * (the order that follows will say why the storage fails) rather than from a full budget. */
 static bool take_token(struct acme *m, time_t now, time_t *when)
 {
-    int shared = acme_pace_take_shared(m->s->storage, m->s->pace_orders, m->s->pace_window_s,
-                                       now, when);
-    if (shared >= 0)
-        return shared == 1;
-    m->hooks.log(CONF_LOG_WARNING, "acme: the order budget in %s cannot be used (%s): this "
-                 "instance counts its own", m->s->storage, strerror(-shared));
     pthread_mutex_lock(&m->lock);
-    bool ok = acme_bucket_take(&m->bucket, m->s->pace_orders, m->s->pace_window_s, now, when);
+    struct acme_bucket state = m->bucket;
+    pthread_mutex_unlock(&m->lock);
+    int shared = acme_pace_take_shared(m->s->storage, m->s->pace_orders, m->s->pace_window_s, now,
+                                       &state, when);
+    pthread_mutex_lock(&m->lock);
+    bool ok;
+    if (shared >= 0) {
+        m->bucket = state;
+        if (m->pace_own)
+            m->hooks.log(CONF_LOG_NOTICE, "acme: the order budget in %s is shared again",
+                         m->s->storage);
+        m->pace_own = false;
+        ok = shared == 1;
+    } else {
+        if (!m->pace_own)
+            m->hooks.log(CONF_LOG_WARNING, "acme: the order budget in %s cannot be used (%s): "
+                         "this instance counts its own until it can", m->s->storage,
+                         strerror(-shared));
+        m->pace_own = true;
+        ok = acme_bucket_take(&m->bucket, m->s->pace_orders, m->s->pace_window_s, now, when);
+    }
     pthread_mutex_unlock(&m->lock);
     return ok;
 }

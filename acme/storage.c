@@ -5,7 +5,7 @@
  *   archive/DOMAIN.N/{fullchain,privkey}.pem   (key 0600)
  *   challenges/tls-alpn-01/NAME, challenges/http-01/TOKEN   key authorizations
  *   locks/DOMAIN.lock                   who orders DOMAIN now (O_EXCL; taken over when stale)
- *   pace-N-W, locks/.pace.lock          the new-order budget of N per W seconds, and its lock
+ *   pace-N-W                            the new-order budget of N per W seconds (locked with fcntl)
  *   status/DOMAIN                       "pending" or "failing: reason", for --certs */
 #include <errno.h>
 #include <fcntl.h>
@@ -123,47 +123,59 @@ void acme_unlock(const char *storage, const char *name)
     unlink(path);
 }
 
-/* The budget's lock is held for a read and a rewrite of a few bytes: a holder gone for
- * longer than this died. Not a domain's name: those never begin with a dot. */
-#define PACE_LOCK ".pace"
-#define PACE_LOCK_STALE 30
 #define PACE_LOCK_TRIES 100 /* 10 ms apart: a second */
 
 int acme_pace_take_shared(const char *storage, unsigned per_window, unsigned window_s, time_t now,
-                          time_t *when)
+                          struct acme_bucket *state, time_t *when)
 {
+    char path[PATH_MAX + 64], text[64];
+    snprintf(path, sizeof path, "%s/pace-%u-%u", storage, per_window, window_s);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    struct flock lk = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
     int rc = -EBUSY;
     for (int i = 0; i < PACE_LOCK_TRIES && rc == -EBUSY; i++) {
         if (i)
             nanosleep(&(struct timespec){ .tv_nsec = 10 * 1000 * 1000 }, NULL);
-        rc = acme_lock(storage, PACE_LOCK, PACE_LOCK_STALE);
+        if (fcntl(fd, F_OFD_SETLK, &lk) == 0)
+            rc = 0;
+        else if (errno != EAGAIN && errno != EACCES)
+            rc = -errno;
     }
-    if (rc == -EBUSY) {
-        *when = now + 1;
+    if (rc < 0) {
+        close(fd);
+        if (rc != -EBUSY)
+            return rc;
+        *when = time(NULL) + 1;
         return 0;
     }
-    if (rc < 0)
-        return rc;
-
-    char path[PATH_MAX + 64], text[64];
-    snprintf(path, sizeof path, "%s/pace-%u-%u", storage, per_window, window_s);
-    struct acme_bucket b = { .tokens = per_window, .at = now };  /* no file yet: a full budget */
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n = read(fd, text, sizeof text);
-        close(fd);
-        if (n < 0 || !acme_bucket_parse(text, (size_t)n, &b))
-            b = (struct acme_bucket){ .tokens = 0, .at = now };
-    } else if (errno != ENOENT) {
+    struct acme_bucket b = { .tokens = per_window, .at = now };  /* an empty file: a new budget */
+    bool repaired = false;   /* what the file said cannot stand: it is rewritten, taken or not */
+    ssize_t n = pread(fd, text, sizeof text, 0);
+    if (n < 0)
         rc = -errno;
-    }
+    else if (n > 0 && !acme_bucket_parse(text, (size_t)n, &b))
+        b = (struct acme_bucket){ .tokens = 0, .at = now }, repaired = true;
+    if (b.at > now)
+        b.at = now, repaired = true;
     bool taken = false;
     if (rc == 0) {
         taken = acme_bucket_take(&b, per_window, window_s, now, when);
-        int len = acme_bucket_format(&b, text, sizeof text);
-        rc = len < 0 ? len : acme_write_file(path, text, (size_t)len, 0600);
+        *state = b;
     }
-    acme_unlock(storage, PACE_LOCK);
+    if (rc == 0 && (taken || repaired)) {
+        int len = acme_bucket_format(&b, text, sizeof text);
+        ssize_t w = len < 0 ? 0 : pwrite(fd, text, (size_t)len, 0);
+        if (len < 0)
+            rc = len;
+        else if (w < 0 || fdatasync(fd) < 0)
+            rc = -errno;            /* a full disk or quota: the caller counts on its own */
+        else if (w != len)
+            rc = -EIO;
+    }
+    if (close(fd) < 0 && rc == 0)   /* also where NFS reports a write that failed */
+        rc = -errno;
     return rc < 0 ? rc : taken;
 }
 

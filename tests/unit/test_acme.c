@@ -432,24 +432,34 @@ static void test_pace(void)
     CHECK(!acme_bucket_take(&b, 2, 8, 4000, &when));
 }
 
-/* The budget as the file in storage holds it: one whole line, never a piece of one. */
+/* The budget as the file in storage holds it: one whole line of integers, never a piece of one. */
 static void test_bucket_file(void)
 {
     char text[64];
     struct acme_bucket b = { .tokens = 12.25, .at = 1796406313 }, r = { .tokens = -1, .at = -1 };
     int n = acme_bucket_format(&b, text, sizeof text);
-    CHECK(n > 0 && strcmp(text, "12.250 1796406313\n") == 0);
+    CHECK(n == 42 && strcmp(text, "00000000000012250000 00000000001796406313\n") == 0);
     CHECK(acme_bucket_parse(text, (size_t)n, &r) && r.tokens == 12.25 && r.at == 1796406313);
     CHECK(acme_bucket_format(&b, text, 5) == -ENOSPC);
+    /* A millionth of a token survives (a budget of 50 a week refills 0.0004 in 5 s). */
+    b.tokens = 0.000413;
+    n = acme_bucket_format(&b, text, sizeof text);
+    CHECK(acme_bucket_parse(text, (size_t)n, &r) && r.tokens > 0.000412 && r.tokens < 0.000414);
+    /* Out of range in memory is written in range: never below 0, never above a billion. */
+    b = (struct acme_bucket){ .tokens = -3, .at = -5 };
+    n = acme_bucket_format(&b, text, sizeof text);
+    CHECK(acme_bucket_parse(text, (size_t)n, &r) && r.tokens == 0 && r.at == 0);
     /* Cut at every byte: no prefix of a line is a budget. */
+    b = (struct acme_bucket){ .tokens = 299, .at = 1796406313 };
     n = acme_bucket_format(&b, text, sizeof text);
     for (int cut = 0; cut < n; cut++) {
         r = (struct acme_bucket){ .tokens = 7, .at = 7 };
         CHECK(!acme_bucket_parse(text, (size_t)cut, &r) && r.tokens == 7 && r.at == 7);
     }
     static const char *const bad[] = {
-        "\n", "1 5", "1 5\n\n", "-1 5\n", "nan 5\n", "inf 5\n", "1e10 5\n", "1.0 x\n",
-        "1 -5\n", "1  5\n", " 1 5\n", "1,5 5\n", "1 5 \n", "1 5x\n", "1\n", "1 99999999999999999999\n",
+        "\n", "1 5", "1 5\n\n", "-1 5\n", "+1 5\n", "1.5 5\n", "0x10 5\n", "1 x\n", "1 -5\n",
+        "1  5\n", " 1 5\n", "1,5 5\n", "1 5 \n", "1 5x\n", "1\n", "1 123456789012345678901\n",
+        "1000000000000001 5\n", "1 99999999999999999999\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         r = (struct acme_bucket){ .tokens = 7, .at = 7 };
@@ -457,44 +467,71 @@ static void test_bucket_file(void)
     }
     CHECK(!acme_bucket_parse("1 5\0\n", 5, &r));
     CHECK(acme_bucket_parse("0 0\n", 4, &r) && r.tokens == 0 && r.at == 0);
+    CHECK(acme_bucket_parse("1000000 5\n", 10, &r) && r.tokens == 1 && r.at == 5);
+}
+
+static bool read_text(const char *path, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(out, 1, cap - 1, f) : 0;
+    if (f)
+        fclose(f);
+    out[n] = '\0';
+    return f != NULL;
 }
 
 /* The budget shared through storage: two callers (two instances) draw from one. */
 static void test_pace_shared(void)
 {
-    char storage[128], path[256];
+    char storage[128], path[256], before[64], after[64];
     snprintf(storage, sizeof storage, "%s/pace-store", tmp);
     CHECK(acme_mkdirs(storage, 0700) == 0);
+    struct acme_bucket own = { .tokens = 42, .at = 0 };
     time_t when = 0;
     /* No file yet: a full budget of 2 per 100 s; the third order waits 50 s for a token. */
-    CHECK(acme_pace_take_shared(storage, 2, 100, 1000, &when) == 1);
-    CHECK(acme_pace_take_shared(storage, 2, 100, 1000, &when) == 1);
-    CHECK(acme_pace_take_shared(storage, 2, 100, 1010, &when) == 0 && when == 1051);
-    CHECK(acme_pace_take_shared(storage, 2, 100, 1051, &when) == 1);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 1000, &own, &when) == 1 && own.tokens == 1);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 1000, &own, &when) == 1 && own.tokens == 0);
     snprintf(path, sizeof path, "%s/pace-2-100", storage);
+    /* A refusal writes nothing: looks every second neither lose nor round away the refill. */
+    CHECK(read_text(path, before, sizeof before));
+    CHECK(acme_pace_take_shared(storage, 2, 100, 1010, &own, &when) == 0 && when == 1051);
+    CHECK(read_text(path, after, sizeof after) && strcmp(before, after) == 0);
+    CHECK(own.tokens > 0.19 && own.tokens < 0.21);  /* the caller's copy follows the file */
+    CHECK(acme_pace_take_shared(storage, 2, 100, 1051, &own, &when) == 1);
     struct stat st;
     CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    /* A slow budget (50 a week) looked at every 5 s refills as it should: one order in ~3.4 h. */
+    unsigned taken = 0;
+    for (time_t t = 0; t < 86400; t += 5)
+        taken += acme_pace_take_shared(storage, 50, 604800, 1000000 + t, &own, &when) == 1;
+    CHECK(taken == 50 + 7);   /* the first 50 at once, then one per 12,096 s */
     /* Other settings, another budget (a fleet changing its pace moves to a fresh one). */
-    CHECK(acme_pace_take_shared(storage, 3, 100, 1051, &when) == 1);
+    CHECK(acme_pace_take_shared(storage, 3, 100, 1051, &own, &when) == 1);
     /* A file that is not a budget counts as an empty one, refilled from now. */
     FILE *f = fopen(path, "w");
     CHECK(f && fputs("garbage", f) >= 0 && fclose(f) == 0);
-    CHECK(acme_pace_take_shared(storage, 2, 100, 2000, &when) == 0 && when == 2051);
-    CHECK(acme_pace_take_shared(storage, 2, 100, 2051, &when) == 1);
-    /* Another instance holds the lock: after a second of trying, "not now", and no order. */
-    char lock[256];
-    snprintf(lock, sizeof lock, "%s/locks/.pace.lock", storage);
-    f = fopen(lock, "w");
-    CHECK(f && fclose(f) == 0);
-    CHECK(acme_pace_take_shared(storage, 2, 100, 5000, &when) == 0 && when == 5001);
-    /* ... unless it died holding it: a stale lock is taken over. */
-    struct timespec old[2] = { { .tv_sec = time(NULL) - 3600 }, { .tv_sec = time(NULL) - 3600 } };
-    CHECK(utimensat(AT_FDCWD, lock, old, 0) == 0);
-    CHECK(acme_pace_take_shared(storage, 2, 100, 5000, &when) == 1);
-    CHECK(access(lock, F_OK) != 0);
-    /* Storage that cannot be used: the caller falls back to a budget of its own. */
+    CHECK(acme_pace_take_shared(storage, 2, 100, 2000, &own, &when) == 0 && when == 2051);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 2051, &own, &when) == 1);
+    /* A host whose clock ran ten years ahead wrote its time: the others still refill. */
+    f = fopen(path, "w");
+    CHECK(f && fputs("0 317000000\n", f) >= 0 && fclose(f) == 0);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 3000, &own, &when) == 0 && when == 3051);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 3051, &own, &when) == 1);
+    /* Another holder of the lock (another instance, or another of our threads: the lock is the
+     * open file's): after a second of trying, "not now", the caller's copy untouched. */
+    int held = open(path, O_RDWR);
+    struct flock lk = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+    CHECK(held >= 0 && fcntl(held, F_OFD_SETLK, &lk) == 0);
+    own = (struct acme_bucket){ .tokens = 42, .at = 0 };
+    time_t start = time(NULL);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 5000, &own, &when) == 0 && own.tokens == 42);
+    CHECK(when >= start + 1 && time(NULL) - start <= 3);
+    /* ... and gone with its holder. */
+    close(held);
+    CHECK(acme_pace_take_shared(storage, 2, 100, 5000, &own, &when) == 1);
+    /* Storage that cannot be used: the caller counts on its own. */
     snprintf(path, sizeof path, "%s/pace-2-100/below-a-file", storage);
-    CHECK(acme_pace_take_shared(path, 2, 100, 5000, &when) < 0);
+    CHECK(acme_pace_take_shared(path, 2, 100, 5000, &own, &when) < 0);
 }
 
 int main(void)
