@@ -134,6 +134,8 @@ int acme_mkdirs(const char *path, int mode);
 /* An exclusive lock STORAGE/locks/NAME.lock, taken over when older than STALE seconds (its
  * holder died). Returns 0 when taken, -EBUSY when another holds it, or -errno. */
 int acme_lock(const char *storage, const char *name, long stale);
+/* Removes the lock when this thread holds it; one taken over by another (this holder stalled
+ * past STALE) stays theirs. */
 void acme_unlock(const char *storage, const char *name);
 /* Takes one new order from the budget that every instance sharing STORAGE with the same
  * PER_WINDOW and WINDOW_S draws from (the CA counts the orders of the account they share).

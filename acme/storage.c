@@ -77,6 +77,15 @@ int acme_write_file(const char *path, const void *data, size_t len, int mode)
     return rc;
 }
 
+/* What a lock file says of its holder: the process, its host and the thread, so that a holder
+ * whose lock was taken over (it stalled past the staleness) does not remove its successor's. */
+static int lock_owner(char *out, size_t cap)
+{
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    return snprintf(out, cap, "%ld %s %ld", (long)getpid(), host, (long)gettid());
+}
+
 int acme_lock(const char *storage, const char *name, long stale)
 {
     char dir[PATH_MAX], path[PATH_MAX + 300], body[128];
@@ -88,9 +97,8 @@ int acme_lock(const char *storage, const char *name, long stale)
     for (int attempt = 0; attempt < 2; attempt++) {
         int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd >= 0) {
-            char host[64] = "";
-            gethostname(host, sizeof host - 1);
-            int n = snprintf(body, sizeof body, "%ld %s %ld\n", (long)getpid(), host, (long)time(NULL));
+            int n = lock_owner(body, sizeof body);
+            n += snprintf(body + n, sizeof body - (size_t)n, " %ld\n", (long)time(NULL));
             /* A full disk shows here first: say so (ENOSPC), not just "I/O error". */
             ssize_t w = write(fd, body, (size_t)n);
             rc = w == n ? 0 : w < 0 ? -errno : -EIO;
@@ -118,9 +126,17 @@ int acme_lock(const char *storage, const char *name, long stale)
 
 void acme_unlock(const char *storage, const char *name)
 {
-    char path[PATH_MAX + 300];
+    char path[PATH_MAX + 300], owner[128], body[160];
     snprintf(path, sizeof path, "%s/locks/%s.lock", storage, name);
-    unlink(path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, body, sizeof body - 1);
+    close(fd);
+    size_t len = (size_t)lock_owner(owner, sizeof owner);
+    /* "OWNER TIME\n": ours, or taken over by another while we were stalled (theirs stays). */
+    if (n > (ssize_t)len && memcmp(body, owner, len) == 0 && body[len] == ' ')
+        unlink(path);
 }
 
 #define PACE_LOCK_TRIES 100 /* 10 ms apart: a second */

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -289,6 +290,12 @@ static void test_challenges(void)
     EVP_PKEY_free(k);
 }
 
+static void *unlock_alpha(void *storage)
+{
+    acme_unlock(storage, "alpha.test");
+    return NULL;
+}
+
 static void test_storage(void)
 {
     char storage[128], path[256];
@@ -304,7 +311,20 @@ static void test_storage(void)
     acme_unlock(storage, "alpha.test");
     acme_unlock(storage, "beta.test");
     CHECK(acme_lock(storage, "alpha.test", 600) == 0);
+    /* Taken over by another instance while this holder stalled: unlocking leaves it theirs. */
+    FILE *f = fopen(path, "w");
+    CHECK(f && fputs("1 otherhost 1 1796406313\n", f) >= 0 && fclose(f) == 0);
     acme_unlock(storage, "alpha.test");
+    CHECK(access(path, F_OK) == 0);
+    CHECK(acme_lock(storage, "alpha.test", 600) == -EBUSY);
+    CHECK(unlink(path) == 0);
+    /* Nor is another thread's lock of this process (each order thread holds its own). */
+    CHECK(acme_lock(storage, "alpha.test", 600) == 0);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, unlock_alpha, storage) == 0 && pthread_join(th, NULL) == 0);
+    CHECK(access(path, F_OK) == 0);
+    acme_unlock(storage, "alpha.test");
+    CHECK(access(path, F_OK) != 0);
 
     /* A pair: the link swapped, the old archive folder gone, the key 0600. */
     EVP_PKEY *k = EVP_EC_gen("P-256");
