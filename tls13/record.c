@@ -161,6 +161,8 @@ static enum tls13_status on_handshake(struct tls13_conn *t, const uint8_t *p, si
         return fail(t, TLS13_ALERT_UNEXPECTED_MESSAGE);
     if (p[4] != KEY_UPDATE_NOT_REQUESTED && p[4] != KEY_UPDATE_REQUESTED)
         return fail(t, TLS13_ALERT_ILLEGAL_PARAMETER);
+    if (++t->keyupdates_in_a_row > TLS13_MAX_KEYUPDATES_IN_A_ROW)
+        return fail(t, TLS13_ALERT_UNEXPECTED_MESSAGE);
     if (dir_update(&t->rd, t->aead, t->secret_len, 0) != 0)
         return fail(t, TLS13_ALERT_INTERNAL_ERROR);
     /* Several requests before we next write are answered by one KeyUpdate (RFC 8446 4.6.3). */
@@ -238,6 +240,7 @@ enum tls13_status tls13_open(struct tls13_conn *t, uint8_t *data, size_t len, si
              * reaches ciphertext still unread. */
             memmove(data + out, p, n);
             out += n;
+            t->keyupdates_in_a_row = 0;
             break;
         case CT_HANDSHAKE:
             st = on_handshake(t, p, n);
@@ -294,27 +297,39 @@ static int seal_key_update(struct tls13_conn *t, uint8_t *out)
     return n;
 }
 
+/* A seal that failed part-way (a KeyUpdate sealed and the key moved on, its record not handed
+ * out; or the secret moved on and the key not) leaves our write side out of step with the
+ * client: nothing more is sealed, not even an alert, and the caller closes. */
+static int broken(struct tls13_conn *t)
+{
+    t->broken = true;
+    return -EIO;
+}
+
 int tls13_seal_record(struct tls13_conn *t, const uint8_t *in, size_t len, uint8_t *out)
 {
-    if (len > TLS13_MAX_PLAIN)
+    if (len > TLS13_MAX_PLAIN || t->broken)
         return -EIO;
     int n = 0;
     /* Our own limit counts the KeyUpdate record itself, sent as the key's last record. */
     if (t->keyupdate_owed || t->wr.seq >= TLS13_RECORDS_PER_KEY - 1) {
         n = seal_key_update(t, out);
         if (n < 0)
-            return n;
+            return broken(t);
     }
     if (len == 0)
         return n;
     int m = seal_one(&t->wr, CT_APPLICATION_DATA, in, len, out + n);
-    return m < 0 ? m : n + m;
+    return m < 0 ? broken(t) : n + m;
 }
 
 int tls13_seal_alert(struct tls13_conn *t, uint8_t desc, uint8_t *out)
 {
     uint8_t alert[2] = { desc == TLS13_ALERT_CLOSE_NOTIFY ? ALERT_WARNING : ALERT_FATAL, desc };
-    return seal_one(&t->wr, CT_ALERT, alert, sizeof(alert), out);
+    if (t->broken)
+        return -EIO;
+    int n = seal_one(&t->wr, CT_ALERT, alert, sizeof(alert), out);
+    return n < 0 ? broken(t) : n;
 }
 
 int tls13_export(const struct tls13_conn *t, struct tls13_keys *rx, uint64_t *rx_seq,

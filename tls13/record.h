@@ -39,6 +39,10 @@
 /* A whole alert record. */
 #define TLS13_ALERT_RECORD (TLS13_RECORD_OVERHEAD + 2)
 #define TLS13_RECORDS_PER_KEY (1ULL << 24)
+/* KeyUpdates in a row with no application data between them before the session is ended with
+ * unexpected_message: each costs two key derivations, ~850 times the work of its bytes as
+ * application data; a real client sends one now and then (BoringSSL allows 32 too). */
+#define TLS13_MAX_KEYUPDATES_IN_A_ROW 32
 
 /* Alert descriptions we send or name (RFC 8446 6). */
 enum {
@@ -63,6 +67,8 @@ struct tls13_conn {
     enum tls13_aead aead;
     uint8_t secret_len;
     bool keyupdate_owed;              /* the client asked for our KeyUpdate */
+    uint8_t keyupdates_in_a_row;      /* the client's, since its last application data */
+    bool broken;                      /* a seal failed part-way: nothing more is sealed */
     bool closed;                      /* close_notify or an error seen: nothing more is read */
     uint8_t alert;                    /* after TLS13_ERROR: the alert to send the client */
     int peer_alert;                   /* the alert the client sent, -1 when none */

@@ -15,6 +15,7 @@
 #include "proxy/tls/tls_offload.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/crypto.h>
@@ -77,8 +78,18 @@ void tls_offload_saw_read(struct conn *c)
 
 void tls_offload_install(SSL_CTX *ctx, bool enabled)
 {
-    if (enabled && tls13_global_init() == 0)
+    if (!enabled)
+        return;
+    if (tls13_global_init() == 0) {
         SSL_CTX_set_keylog_callback(ctx, keylog);
+        return;
+    }
+    /* OpenSSL without one of the three AEADs (a FIPS provider lacks ChaCha20-Poly1305): said
+     * once, not silently, since every session then keeps OpenSSL's ~14 KB. */
+    static atomic_bool said;
+    if (!atomic_exchange(&said, true))
+        log_warning("tls.offload: OpenSSL cannot give the TLS 1.3 record layer one of "
+                    "AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305: every session stays on OpenSSL");
 }
 
 void tls_offload_forget_secrets(struct conn *c)

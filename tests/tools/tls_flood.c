@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -84,6 +85,7 @@ int main(int argc, char **argv)
     /* SIGUSR1 says the kernel's buffers on the server's side are full (the test watches them):
      * from there on what the server reads, or answers, stays with the server. */
     signal(SIGUSR1, on_usr1);
+    signal(SIGPIPE, SIG_IGN); /* the server may end the session: say how far it got */
     signal(SIGTERM, on_term);
     if (!keyupdate) {
         /* Bulk first, slowly, towards a backend that reads nothing. */
@@ -116,8 +118,10 @@ int main(int argc, char **argv)
             continue;
         }
         int e = SSL_get_error(ssl, r);
-        if (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_SYSCALL)
-            break;
+        bool again = e == SSL_ERROR_WANT_WRITE ||
+                     (e == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EINTR));
+        if (!again)
+            break;    /* the server ended the session (a reset, a closed socket) */
         pending = true; /* the same message, retried */
     }
     printf("%lu\n", sent);

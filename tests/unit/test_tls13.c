@@ -641,6 +641,67 @@ static void test_key_update(enum tls13_aead aead)
     tls13_free(&cli);
 }
 
+/* KeyUpdates with no application data between them: TLS13_MAX_KEYUPDATES_IN_A_ROW are taken,
+ * one more ends the session; application data starts the count again. */
+static void test_key_update_flood(enum tls13_aead aead)
+{
+    struct tls13_secrets s;
+    struct tls13_conn t;
+    struct tls13_keys ck;
+    static uint8_t buf[1 << 16];
+    size_t consumed, plain, n;
+    const uint8_t ku[5] = { 24, 0, 0, 1, 0 };
+    server_with_client_keys(&t, aead, &s, &ck);
+    uint8_t csecret[TLS13_SECRET_MAX];
+    memcpy(csecret, s.client, sizeof(csecret));
+    uint64_t seq = 0;   /* the client's next record number under its current key */
+    for (int round = 0; round < 3; round++) {
+        /* The limit's worth in one read (the first round) or one by one, then data. */
+        n = 0;
+        for (int i = 0; i < TLS13_MAX_KEYUPDATES_IN_A_ROW; i++) {
+            n += raw_record(&ck, seq, 22, ku, 5, buf + n);
+            ck = next_keys(aead, csecret);
+            seq = 0;
+            if (round > 0) {
+                CHECK(tls13_open(&t, buf, n, &consumed, &plain) == TLS13_OK && consumed == n);
+                n = 0;
+            }
+        }
+        n += raw_record(&ck, seq++, 23, "data", 4, buf + n);
+        CHECK(tls13_open(&t, buf, n, &consumed, &plain) == TLS13_OK && plain == 4);
+        CHECK(t.keyupdates_in_a_row == 0);
+    }
+    /* One more than the limit, with no data: unexpected_message, and the records before it
+     * were acted on. */
+    n = 0;
+    for (int i = 0; i <= TLS13_MAX_KEYUPDATES_IN_A_ROW; i++) {
+        n += raw_record(&ck, seq, 22, ku, 5, buf + n);
+        ck = next_keys(aead, csecret);
+        seq = 0;
+    }
+    CHECK(tls13_open(&t, buf, n, &consumed, &plain) == TLS13_ERROR);
+    CHECK(t.alert == TLS13_ALERT_UNEXPECTED_MESSAGE && t.peer_alert == -1 && plain == 0);
+    tls13_free(&t);
+}
+
+/* A seal that fails part-way leaves nothing more sealed, alerts included: the client could not
+ * read it under the key it has. */
+static void test_broken_after_a_failed_seal(enum tls13_aead aead)
+{
+    struct tls13_secrets s;
+    struct tls13_conn t;
+    static uint8_t out[TLS13_SEAL_MAX];
+    random_secrets(&s, aead);
+    CHECK(tls13_init(&t, aead, &s) == 0);
+    CHECK(tls13_seal_record(&t, (const uint8_t *)"ok", 2, out) > 0);
+    t.wr.seq = UINT64_MAX;               /* no successor: the nonce would be reused */
+    CHECK(tls13_seal_record(&t, (const uint8_t *)"no", 2, out) == -EIO && t.broken);
+    t.wr.seq = 1;                        /* even were the number fine again */
+    CHECK(tls13_seal_record(&t, (const uint8_t *)"no", 2, out) == -EIO);
+    CHECK(tls13_seal_alert(&t, TLS13_ALERT_CLOSE_NOTIFY, out) == -EIO);
+    tls13_free(&t);
+}
+
 /* Sequence numbers: ours rotate the key before TLS13_RECORDS_PER_KEY records; neither side
  * ever protects a record with a number that has no successor, so no nonce repeats. */
 static void test_sequence_limits(enum tls13_aead aead)
@@ -1249,6 +1310,8 @@ int main(void)
         test_client_alerts(all_aeads[i]);
         test_our_alerts(all_aeads[i]);
         test_key_update(all_aeads[i]);
+        test_key_update_flood(all_aeads[i]);
+        test_broken_after_a_failed_seal(all_aeads[i]);
         test_sequence_limits(all_aeads[i]);
         test_splits(all_aeads[i]);
         test_export(all_aeads[i]);
