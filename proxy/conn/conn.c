@@ -12,6 +12,7 @@
 #include "proxy/ops/log.h"
 #include "proxy/ops/metrics.h"
 #include "proxy/tls/tls.h"
+#include "proxy/tls/ssl_wipe.h"
 #include "proxy/tls/tls_offload.h"
 
 #define FLUSH_REPLY_MS 5000
@@ -83,7 +84,7 @@ static void conn_free(struct conn *c)
     struct worker *w = c->worker;
     /* Released here, not in conn_close(): conn_close() can run from deep inside a sink or an
      * OpenSSL call whose callers still hold c->bin, c->pin, c->st or c->ssl. */
-    SSL_free(c->ssl);
+    ssl_free_wiped(c->ssl);
     tls_offload_free(c);
     buf_put(c->cin);
     buf_put(c->bin);

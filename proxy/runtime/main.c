@@ -19,6 +19,7 @@
 #include "conf/conf.h"
 #include "proxy/ops/log.h"
 #include "proxy/runtime/server.h"
+#include "proxy/tls/ssl_wipe.h"
 #include "proxy/tls/tickets.h"
 #include "proxy/tls/tls.h"
 #include "proxy/runtime/upgrade.h"
@@ -172,6 +173,10 @@ static int run(const char *path, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* Before anything makes OpenSSL allocate: freed SSL objects are zeroed (ssl_wipe.c). */
+    if (!ssl_wipe_install())
+        fprintf(stderr, "mailsnid: warning: OpenSSL allocated before mailsnid could give it its "
+                        "allocator: freed SSL objects keep their secrets\n");
     enum { MODE_RUN, MODE_TEST, MODE_CERTS, MODE_VERSION } mode = MODE_RUN;
     const char *path = NULL;
     static const struct option longopts[] = {

@@ -12,6 +12,7 @@
 #include "proxy/conn/conn.h"
 #include "proxy/ops/log.h"
 #include "proxy/tls/tickets.h"
+#include "proxy/tls/ssl_wipe.h"
 #include "proxy/tls/tls_offload.h"
 #include "proxy/tls/tls_policy.h"
 
@@ -165,7 +166,7 @@ void tls_begin(struct conn *c)
     c->ssl = SSL_new(c->listener->ssl_ctx);
     BIO *bio = c->ssl ? BIO_new(bio_method) : NULL;
     if (!bio) {
-        SSL_free(c->ssl);
+        ssl_free_wiped(c->ssl);
         c->ssl = NULL;
         conn_close(c, OUT_NOMEM);
         return;
@@ -233,7 +234,7 @@ static void handshake_step(struct conn *c)
         /* A fatal unexpected_message alert record, TLS 1.2 framing. */
         static const char alert[] = { 0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a };
         bool http = reason == SSL_R_HTTP_REQUEST && c->listener->conf->proto == CONF_PROTO_HTTP;
-        SSL_free(c->ssl); /* what follows is not TLS, and the log must not claim it was */
+        ssl_free_wiped(c->ssl); /* what follows is not TLS, and the log must not claim it was */
         c->ssl = NULL;
         if (conn_send_client(c, http ? http_on_tls : alert,
                              http ? sizeof http_on_tls - 1 : sizeof alert) < 0) {

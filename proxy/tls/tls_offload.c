@@ -23,6 +23,7 @@
 #include "proxy/conn/conn.h"
 #include "proxy/ops/log.h"
 #include "proxy/ops/metrics.h"
+#include "proxy/tls/ssl_wipe.h"
 #include "tls13/frames.h"
 #include "tls13/record.h"
 
@@ -142,7 +143,7 @@ void tls_offload_begin(struct conn *c)
     unsigned alpn_len = 0;
     SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
     o->alpn = alpn_len > 0;
-    SSL_free(c->ssl);
+    ssl_free_wiped(c->ssl);
     c->ssl = NULL;
     c->offload = o;
     metrics_tls_carried(c, true);
