@@ -106,6 +106,7 @@ PORT_OFFSETS = {
 PORT_SPAN = 20
 _AUTO_PORT_RANGE = (20000, 32000)      # below Linux's ephemeral range (32768+)
 _SINGLE_PORT_RANGE = (10000, 20000)    # free_port()'s: apart from the blocks, also below it
+_handed_out: dict[int, None] = {}       # free_port()'s answers in this process, oldest first
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
@@ -216,13 +217,18 @@ def free_port(host: str = "127.0.0.1", avoid=(), udp_too: bool = False) -> int:
     outgoing connection of the host (pebble's validations, a client's connect) may take it as
     its local port before the program under test binds it -- a test then fails with 'address
     already in use' once in a few hundred runs. Below that range only listeners live. The
-    start is random so that parallel suites do not probe the same ports first.
+    start is random so that parallel suites do not probe the same ports first. A port handed
+    out before is not handed out again (until the range runs dry): two calls before the first
+    port is bound would otherwise give the same port once in 10,000 (CI saw an admin port and a
+    listener clash). Only the oldest half of the range is forgotten when it runs short.
     """
     lo, hi = _SINGLE_PORT_RANGE
+    while len(_handed_out) >= (hi - lo) // 2:
+        del _handed_out[next(iter(_handed_out))]
     start = int.from_bytes(os.urandom(4), "big")
     for i in range(hi - lo):
         port = lo + (start + i) % (hi - lo)
-        if port in avoid:
+        if port in avoid or port in _handed_out:
             continue
         kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp_too else (socket.SOCK_STREAM,)
         try:
@@ -231,6 +237,7 @@ def free_port(host: str = "127.0.0.1", avoid=(), udp_too: bool = False) -> int:
                     s.bind((host, port))    # no SO_REUSEADDR: a TIME_WAIT counts as taken
         except OSError:
             continue
+        _handed_out[port] = None
         return port
     raise BackendError(f"no free port on {host} in {lo}-{hi}")
 
