@@ -2,10 +2,10 @@
  * suffixes), and the lookup through both that picks a handshake's pairs. Built once per
  * snapshot, then only read, from any thread, without locks.
  *
- * Open addressing with linear probing over a slot array of 32-bit entry numbers at most half
- * full: a lookup is one hash over the name, usually one slot and one memcmp, and the whole
- * table costs ~8 bytes of slots + 24 bytes of entry + the name per name, so 100,000 names stay
- * in a few MB and never rehash (the table is built at its final size). */
+ * The slots are name_slots.h's (shared with the routes): a lookup is one hash over the name,
+ * usually one slot and one memcmp, and the whole table costs ~8 bytes of slots + 24 bytes of
+ * entry + the name per name, so 100,000 names stay in a few MB and never rehash (the table is
+ * built at its final size). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +51,7 @@ static int input_cmp(const void *a, const void *b)
 
 int cs_index_build(struct cs_index *index, struct cs_index_input *in, size_t n)
 {
-    size_t n_entries = 0, n_cands = 0, arena = 0, slots = 8;
+    size_t n_entries = 0, n_cands = 0, arena = 0;
 
     memset(index, 0, sizeof(*index));
     if (n >= UINT32_MAX / 2)
@@ -71,18 +71,15 @@ int cs_index_build(struct cs_index *index, struct cs_index_input *in, size_t n)
     }
     if (arena > UINT32_MAX)
         return -E2BIG;
-    while (slots < n_entries * 2)
-        slots *= 2;
 
-    index->slots = calloc(slots, sizeof(*index->slots));
+    int slots_failed = name_slots_init(&index->slots, n_entries);
     index->entries = malloc((n_entries ? n_entries : 1) * sizeof(*index->entries));
     index->cands = malloc((n_cands ? n_cands : 1) * sizeof(*index->cands));
     index->names = malloc(arena ? arena : 1);
-    if (!index->slots || !index->entries || !index->cands || !index->names) {
+    if (slots_failed || !index->entries || !index->cands || !index->names) {
         cs_index_free(index);
         return -ENOMEM;
     }
-    index->mask = slots - 1;
 
     size_t at = 0;
     for (size_t i = 0; i < n; i++) {
@@ -100,11 +97,7 @@ int cs_index_build(struct cs_index *index, struct cs_index_input *in, size_t n)
             memcpy(index->names + at, in[i].name, in[i].name_len);
             index->names[at + in[i].name_len] = '\0';
             at += in[i].name_len + 1;
-
-            size_t s = e->hash & index->mask;
-            while (index->slots[s])
-                s = (s + 1) & index->mask;
-            index->slots[s] = (uint32_t)(++index->n_entries);
+            name_slots_add(&index->slots, e->hash, (uint32_t)index->n_entries++);
         }
         index->cands[index->n_cands++] = in[i].pair;
         index->entries[index->n_entries - 1].count++;
@@ -114,7 +107,7 @@ int cs_index_build(struct cs_index *index, struct cs_index_input *in, size_t n)
 
 void cs_index_free(struct cs_index *index)
 {
-    free(index->slots);
+    name_slots_free(&index->slots);
     free(index->entries);
     free(index->cands);
     free(index->names);
@@ -124,17 +117,17 @@ void cs_index_free(struct cs_index *index)
 const struct cs_index_entry *cs_index_find(const struct cs_index *index, const char *name,
                                            size_t len)
 {
-    if (!index->slots || index->n_entries == 0)
+    uint32_t i;
+
+    if (index->n_entries == 0)
         return NULL;
     uint64_t h = cs_name_hash(name, len);
-    for (size_t s = h & index->mask;; s = (s + 1) & index->mask) {
-        uint32_t v = index->slots[s];
-        if (!v)
-            return NULL;
-        const struct cs_index_entry *e = &index->entries[v - 1];
+    for (struct name_probe p = name_probe_start(&index->slots, h); name_probe_next(&p, &i);) {
+        const struct cs_index_entry *e = &index->entries[i];
         if (e->hash == h && e->name_len == len && memcmp(index->names + e->name, name, len) == 0)
             return e;
     }
+    return NULL;
 }
 
 /* ---- lookup ---- */

@@ -19,6 +19,7 @@
 #include <sys/types.h>
 
 #include "certstore/certstore.h"
+#include "certstore/name_slots.h"
 
 #define CS_SHA256_LEN 32
 
@@ -95,8 +96,7 @@ struct cs_index_entry {
     uint32_t first, count;                /* run in the index's candidate array */
 };
 struct cs_index {
-    uint32_t *slots;                      /* entry index + 1; 0 = empty; linear probing */
-    size_t mask;                          /* slot count - 1 (a power of two) */
+    struct name_slots slots;              /* entry numbers by name hash */
     struct cs_index_entry *entries;
     size_t n_entries;
     struct cs_pair **cands;               /* not references: the store holds those */

@@ -1,6 +1,6 @@
-/* Two open-addressing hash tables over the route names — exact names, and the suffixes of
- * one-label wildcards ("*.example.com" is kept as "example.com") — the same layout and hash as
- * the certificate store's index: a shared host routes 100,000 customer domains, and every
+/* Two name indexes over the route names -- exact names, and the suffixes of one-label wildcards
+ * ("*.example.com" is kept as "example.com") -- on the certificate store's slot table
+ * (certstore/name_slots.h) and hash: a shared host routes 100,000 customer domains, and every
  * connection with SNI looks its name up, so the lookup is one hash and usually one compare. */
 #include "proxy/runtime/routes.h"
 
@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "certstore/certstore.h"
+#include "certstore/name_slots.h"
 
 struct route_entry {
     const char *name;                  /* the key: a whole name, or a wildcard's suffix */
@@ -20,8 +21,7 @@ struct route_entry {
 struct name_table {
     struct route_entry *entries;
     size_t n;
-    uint32_t *slots;                   /* entry number + 1; 0 = empty; at most half full */
-    size_t mask;
+    struct name_slots slots;
 };
 
 struct routes {
@@ -33,31 +33,32 @@ struct routes {
 
 static int table_init(struct name_table *t, size_t n)
 {
-    size_t slots = 8;
-    while (slots < 2 * n)
-        slots *= 2;
     t->entries = n ? calloc(n, sizeof *t->entries) : NULL;
-    t->slots = calloc(slots, sizeof *t->slots);
-    t->mask = slots - 1;
-    return (n && !t->entries) || !t->slots ? -1 : 0;
+    return name_slots_init(&t->slots, n) < 0 || (n && !t->entries) ? -1 : 0;
+}
+
+static void table_free(struct name_table *t)
+{
+    free(t->entries);
+    name_slots_free(&t->slots);
 }
 
 static void table_add(struct name_table *t, const char *name, size_t len, const struct conf_route *r)
 {
-    size_t i = (size_t)cs_name_hash(name, len) & t->mask;
-    while (t->slots[i])
-        i = (i + 1) & t->mask;
     t->entries[t->n] = (struct route_entry){ name, len, r };
-    t->slots[i] = (uint32_t)++t->n;
+    name_slots_add(&t->slots, cs_name_hash(name, len), (uint32_t)t->n++);
 }
 
 static const struct conf_route *table_find(const struct name_table *t, const char *name, size_t len,
                                            enum conf_proto proto)
 {
+    uint32_t i;
+
     if (!t->n)
         return NULL;
-    for (size_t i = (size_t)cs_name_hash(name, len) & t->mask; t->slots[i]; i = (i + 1) & t->mask) {
-        const struct route_entry *e = &t->entries[t->slots[i] - 1];
+    for (struct name_probe p = name_probe_start(&t->slots, cs_name_hash(name, len));
+         name_probe_next(&p, &i);) {
+        const struct route_entry *e = &t->entries[i];
         if (e->len == len && memcmp(e->name, name, len) == 0)
             return e->route->n_backends[proto] ? e->route : NULL;
     }
@@ -76,9 +77,8 @@ struct routes *routes_new(struct conf *conf)
         for (size_t j = 0; j < conf->routes[i].n_names; j++)
             if (conf->routes[i].names[j])
                 *(conf->routes[i].names[j][0] == '*' ? &n_wild : &n_exact) += 1;
-    /* Entry numbers are 32-bit; conf could never hold that many names anyway. */
-    if (n_exact + n_wild >= UINT32_MAX / 2 || table_init(&r->exact, n_exact) < 0 ||
-        table_init(&r->wild, n_wild) < 0) {
+    /* Entry numbers are 32-bit (name_slots_init refuses more); conf never holds that many. */
+    if (table_init(&r->exact, n_exact) < 0 || table_init(&r->wild, n_wild) < 0) {
         r->routes = NULL;
         routes_unref(r);
         return NULL;
@@ -112,10 +112,8 @@ void routes_unref(struct routes *r)
 {
     if (!r || atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
         return;
-    free(r->exact.entries);
-    free(r->exact.slots);
-    free(r->wild.entries);
-    free(r->wild.slots);
+    table_free(&r->exact);
+    table_free(&r->wild);
     conf_routes_free(r->routes, r->n_routes);
     free(r);
 }

@@ -918,6 +918,37 @@ static void test_tld_wildcard(void)
     cs_store_unref(s);
 }
 
+/* ---- the slot table under both name indexes ---- */
+
+/* Entries filed under one hash come back in the order they were added, past the end of the slot
+ * array (the probe wraps), and a hash whose run is empty gives nothing; a full-width hash only
+ * uses its low bits. Room is made for 0 and for 5 entries. */
+static void test_name_slots(void)
+{
+    struct name_slots t;
+    uint32_t e, got[8], n = 0;
+
+    CHECK(name_slots_init(&t, 0) == 0 && t.mask == 7);
+    struct name_probe p = name_probe_start(&t, 3);
+    CHECK(!name_probe_next(&p, &e));
+    name_slots_free(&t);
+
+    CHECK(name_slots_init(&t, 5) == 0 && t.mask == 15);
+    for (uint32_t i = 0; i < 4; i++)
+        name_slots_add(&t, 0xffffffff0000000eull, i);     /* slots 14, 15, 0, 1 */
+    name_slots_add(&t, 5, 4);
+    for (p = name_probe_start(&t, 0xe); n < 8 && name_probe_next(&p, &e);)
+        got[n++] = e;
+    CHECK(n == 4 && got[0] == 0 && got[1] == 1 && got[2] == 2 && got[3] == 3);
+    p = name_probe_start(&t, 5);
+    CHECK(name_probe_next(&p, &e) && e == 4 && !name_probe_next(&p, &e));
+    p = name_probe_start(&t, 9);
+    CHECK(!name_probe_next(&p, &e));
+    name_slots_free(&t);
+    CHECK(t.slots == NULL);
+    CHECK(name_slots_init(&t, (size_t)UINT32_MAX) == -1 && t.slots == NULL);
+}
+
 /* ---- ties: same name, key type and expiry ---- */
 
 /* The index alone: the rank decides, whatever the pairs' addresses, and a pair listed twice
@@ -1274,6 +1305,7 @@ int main(int argc, char **argv)
     test_acme_update();
     test_previous();
     test_tld_wildcard();
+    test_name_slots();
     test_index_ties();
     test_store_ties();
     test_handshake();
