@@ -139,7 +139,7 @@ void conn_close(struct conn *c, enum conn_outcome outcome)
     if (c->next)
         c->next->prev = c->prev;
     w->n_conns--;
-    atomic_fetch_sub(&c->listener->slot->open, 1);
+    atomic_fetch_sub(&c->listener->slot->count->open, 1);
     atomic_fetch_sub(&w->server->open_total, 1);
     if (c->climit_held)
         climit_release((struct sockaddr *)&c->peer);
@@ -786,7 +786,7 @@ static bool over_limit(struct worker *w, struct listener_rt *l)
     unsigned local = l->conf->max_connections;
     /* The counts already include the connection being accepted. */
     return (global && atomic_load(&w->server->open_total) > global) ||
-           (local && atomic_load(&l->slot->open) > local);
+           (local && atomic_load(&l->slot->count->open) > local);
 }
 
 void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_handle)
@@ -813,8 +813,8 @@ void conn_accept(struct worker *w, struct listener_rt *l, uv_stream_t *server_ha
         w->conns->prev = c;
     w->conns = c;
     w->n_conns++;
-    atomic_fetch_add(&l->slot->open, 1);
-    atomic_fetch_add(&l->slot->total, 1);
+    atomic_fetch_add(&l->slot->count->open, 1);
+    atomic_fetch_add(&l->slot->count->total, 1);
     atomic_fetch_add(&w->server->open_total, 1);
 
     int r = uv_accept(server_handle, (uv_stream_t *)&c->client);

@@ -130,12 +130,12 @@ void metrics_render(const struct server *srv, FILE *out)
                  "# TYPE mailsnid_connections_open gauge\n");
     for (size_t i = 0; i < gen->n_listeners; i++)
         fprintf(out, "mailsnid_connections_open{listener=\"%s\"} %u\n",
-                gen->listeners[i].conf->name, atomic_load(&gen->listeners[i].slot->open));
+                gen->listeners[i].conf->name, atomic_load(&gen->listeners[i].slot->count->open));
     fprintf(out, "# HELP mailsnid_connections_total Connections accepted.\n"
                  "# TYPE mailsnid_connections_total counter\n");
     for (size_t i = 0; i < gen->n_listeners; i++)
         fprintf(out, "mailsnid_connections_total{listener=\"%s\"} %llu\n", gen->listeners[i].conf->name,
-                (unsigned long long)atomic_load(&gen->listeners[i].slot->total));
+                (unsigned long long)atomic_load(&gen->listeners[i].slot->count->total));
     fprintf(out, "# HELP mailsnid_generation_connections Connections open, by the configuration "
                  "generation they were accepted under.\n"
                  "# TYPE mailsnid_generation_connections gauge\n");

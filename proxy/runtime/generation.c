@@ -1,6 +1,7 @@
 #include "proxy/runtime/generation.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,10 +30,55 @@ static void set_err(char **err, const char *fmt, ...)
     *err = msg;
 }
 
+static bool same_addr(const struct conf_addr *a, const struct conf_addr *b)
+{
+    return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
+/* The registry of listen_counts: few entries (one per address in use), looked up only when a
+ * reload binds a new address or a slot is freed. */
+static pthread_mutex_t counts_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct listen_count *counts;
+
+static struct listen_count *count_get(const struct conf_addr *addr)
+{
+    pthread_mutex_lock(&counts_lock);
+    struct listen_count *c = counts;
+    while (c && !same_addr(&c->addr, addr))
+        c = c->next;
+    if (!c && (c = calloc(1, sizeof *c))) {
+        c->addr = *addr;
+        atomic_init(&c->open, 0);
+        atomic_init(&c->total, 0);
+        c->next = counts;
+        counts = c;
+    }
+    if (c)
+        c->refs++;
+    pthread_mutex_unlock(&counts_lock);
+    return c;
+}
+
+static void count_put(struct listen_count *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&counts_lock);
+    if (--c->refs == 0) {
+        struct listen_count **p = &counts;
+        while (*p != c)
+            p = &(*p)->next;
+        *p = c->next;
+        free(c);
+    }
+    pthread_mutex_unlock(&counts_lock);
+}
+
 static void slot_unref(struct listen_slot *s)
 {
     if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
         return;
+    count_put(s->count);
     for (unsigned i = 0; i < s->n_fds; i++)
         if (s->fds[i] >= 0 && !s->handed[i])
             close(s->fds[i]);
@@ -90,11 +136,6 @@ struct generation *gen_new(struct conf *conf, struct routes *routes, struct cs_c
     return g;
 }
 
-static bool same_addr(const struct conf_addr *a, const struct conf_addr *b)
-{
-    return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
-}
-
 struct listen_slot *gen_find_slot(const struct generation *gen, const struct conf_addr *addr)
 {
     for (size_t i = 0; gen && i < gen->n_listeners; i++)
@@ -126,9 +167,12 @@ static const struct conf_listener *own_listener_on_port(const struct generation 
 static struct listen_slot *slot_new(const struct conf_addr *addr, unsigned n_fds)
 {
     struct listen_slot *s = calloc(1, sizeof *s);
-    if (!s || !(s->fds = malloc(n_fds * sizeof *s->fds)) || !(s->handed = calloc(n_fds, sizeof *s->handed))) {
-        if (s)
+    if (!s || !(s->fds = malloc(n_fds * sizeof *s->fds)) ||
+        !(s->handed = calloc(n_fds, sizeof *s->handed)) || !(s->count = count_get(addr))) {
+        if (s) {
             free(s->fds);
+            free(s->handed);
+        }
         free(s);
         return NULL;
     }

@@ -10,10 +10,13 @@
  * walks the connections.
  *
  * Listening addresses outlive generations: a struct listen_slot is one address with one
- * SO_REUSEPORT socket per worker and the per-listener counters. The next generation takes over
+ * SO_REUSEPORT socket per worker (and the address's counters). The next generation takes over
  * the slot of every address it still has (same socket: no connect is refused during a reload);
  * an address it no longer has is closed by each worker when it adopts the new generation, and
- * its slot is freed with the last generation that had it. */
+ * its slot is freed with the last generation that had it. The counters live one level further
+ * out (struct listen_count), shared by every slot of the address: a listener removed by one
+ * reload and added again by the next, while sessions of the first still run, gets a new slot
+ * (new sockets) but finds those sessions counted, so its max_connections holds. */
 #ifndef MAILSNID_GENERATION_H
 #define MAILSNID_GENERATION_H
 
@@ -36,8 +39,16 @@ struct listen_slot {
                                          many as the old process had when inherited (SIGUSR2);
                                          worker w serves fds[i] for i % workers == w */
     bool *handed;                     /* fds[i] belongs to a worker's handle (it closes it) */
+    struct listen_count *count;       /* a reference */
+};
+
+/* An address's connections, whichever slot accepted them; kept while a slot of it lives. */
+struct listen_count {
+    struct conf_addr addr;
+    unsigned refs;                    /* slots of this address; under the registry's lock */
     atomic_uint open;                 /* connections open now (max_connections), all workers */
     atomic_ullong total;
+    struct listen_count *next;        /* the registry's list */
 };
 
 /* One listener as one generation configures it. */

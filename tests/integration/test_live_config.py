@@ -231,6 +231,49 @@ class LiveConfig(Base):
             self.assertLess(time.monotonic(), deadline, proc.log()[-3000:])
             time.sleep(0.1)
 
+    def test_a_listener_removed_and_added_again_still_counts_its_sessions(self):
+        # max_connections = 1. A session opened before one reload removed the listener runs on;
+        # the next reload adds the listener again (new sockets on the same address). That
+        # session still counts: a second is refused, /metrics shows 1 open, and once the first
+        # ends a new one is served.
+        port, other = free_port(), free_port()
+        limited = ("imaps", port, "A", "max_connections = 1;")
+        proc = MailsnidProcess(self.config([limited]), self.dir).start([port, self.admin])
+        self.addCleanup(proc.stop)
+        # The start-up probe's connect to the port counts until mailsnid has seen it close.
+        deadline = time.monotonic() + 10 * SLOW
+        while not re.search(r'mailsnid_connections_open\{listener="imaps"\} 0\b', self.metrics()):
+            self.assertLess(time.monotonic(), deadline, self.metrics())
+            time.sleep(0.05)
+        held = session(port)
+        self.assertEqual(held.greeting, b"A\r\n")
+        self.reload(proc, self.config([("other", other, "B", "")]),
+                    r"reload \(.*\): generation \d+: 1 listeners")
+        self.reload(proc, self.config([limited, ("other", other, "B", "")]),
+                    r"reload \(.*\): generation \d+: 2 listeners")
+        self.assertEqual(held.echo(b"still here\r\n"), b"still here\r\n")
+        self.assertRegex(self.metrics(), r'mailsnid_connections_open\{listener="imaps"\} 1\b')
+        try:
+            second = session(port)
+            got = second.greeting
+            second.close()
+        except (OSError, ssl.SSLError) as e:
+            got = repr(e).encode()
+        self.assertNotEqual(got, b"A\r\n", proc.log()[-3000:])
+        proc.wait_log(r"max_connections reached", timeout=10)
+        held.close()
+        deadline = time.monotonic() + 10 * SLOW
+        while True:
+            try:
+                third = session(port)
+                third.close()
+                if third.greeting == b"A\r\n":
+                    break
+            except (OSError, ssl.SSLError):
+                pass
+            self.assertLess(time.monotonic(), deadline, proc.log()[-3000:])
+            time.sleep(0.1)
+
     def test_admin_address_moves_on_reload(self):
         p_imaps = free_port()
         proc = MailsnidProcess(self.config([("imaps", p_imaps, "A", "")]), self.dir).start(
