@@ -134,10 +134,6 @@ int acme_mkdirs(const char *path, int mode);
 /* An exclusive lock STORAGE/locks/NAME.lock, taken over when older than STALE seconds (its
  * holder died). Returns 0 when taken, -EBUSY when another holds it, or -errno. */
 int acme_lock(const char *storage, const char *name, long stale);
-/* acme_lock's takeover of the lock file PATH it found older than STALE seconds: removes it and
- * returns true, unless what it moved had meanwhile become another taker's fresh lock, which it
- * puts back (false). */
-bool acme_lock_take_stale(const char *path, long stale);
 /* Removes the lock when this thread holds it; one taken over by another (this holder stalled
  * past STALE) stays theirs. */
 void acme_unlock(const char *storage, const char *name);

@@ -115,31 +115,13 @@ int acme_lock(const char *storage, const char *name, long stale)
             continue;                     /* released meanwhile: try again */
         if (time(NULL) - st.st_mtime < stale)
             return -EBUSY;
-        acme_lock_take_stale(path, stale);   /* then try again: one of the takers gets it */
+        /* The holder died (or its host did): rename() lets one taker win, not two. */
+        char taken[PATH_MAX + 340];
+        tmp_name(taken, sizeof taken, path);
+        if (rename(path, taken) == 0)
+            unlink(taken);
     }
     return -EBUSY;
-}
-
-bool acme_lock_take_stale(const char *path, long stale)
-{
-    char taken[PATH_MAX + 340];
-    struct stat st;
-    tmp_name(taken, sizeof taken, path);
-    /* rename() lets one taker move the stale lock, not two ... */
-    if (rename(path, taken) < 0)
-        return false;
-    /* ... but a second taker that judged the same lock stale may come after the first has
-     * already made its own: what it moved is then fresh, and goes back (link() fails only when
-     * a third has locked in between, and then that one holds it). */
-    if (stat(taken, &st) == 0 && time(NULL) - st.st_mtime < stale) {
-        if (link(taken, path) == 0 || errno == EEXIST)
-            unlink(taken);
-        else
-            rename(taken, path);          /* a file system without hard links */
-        return false;
-    }
-    unlink(taken);
-    return true;
 }
 
 void acme_unlock(const char *storage, const char *name)

@@ -3,7 +3,6 @@
  * parsers take whole values (libcurl hands over whole header lines), so "split at every byte"
  * means here: every prefix of a good input, in a buffer of exactly its size (ASan sees any
  * read past it), must be refused or read the same, never crash. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -300,7 +299,6 @@ static void *unlock_alpha(void *storage)
 static void test_storage(void)
 {
     char storage[128], path[256];
-    FILE *f;
     snprintf(storage, sizeof storage, "%s/store", tmp);
     CHECK(acme_lock(storage, "alpha.test", 600) == 0);
     CHECK(acme_lock(storage, "alpha.test", 600) == -EBUSY);
@@ -312,32 +310,9 @@ static void test_storage(void)
     CHECK(acme_lock(storage, "alpha.test", 600) == 0);
     acme_unlock(storage, "alpha.test");
     acme_unlock(storage, "beta.test");
-    /* Two takers judged one lock stale; the first took it and locked anew before the second
-     * moved the file: the second puts the first's fresh lock back instead of removing it. */
-    CHECK(acme_lock(storage, "alpha.test", 600) == 0);
-    char before[160] = "", after[160] = "";
-    f = fopen(path, "r");
-    CHECK(f && fgets(before, sizeof before, f) && fclose(f) == 0);
-    CHECK(!acme_lock_take_stale(path, 600));
-    f = fopen(path, "r");
-    CHECK(f && fgets(after, sizeof after, f) && fclose(f) == 0);
-    CHECK(before[0] && strcmp(before, after) == 0);
-    CHECK(acme_lock(storage, "alpha.test", 600) == -EBUSY);
-    CHECK(utime(path, &old) == 0);
-    CHECK(acme_lock_take_stale(path, 600) && access(path, F_OK) != 0);
-    /* No moved lock file is left behind. */
-    char locks[256];
-    snprintf(locks, sizeof locks, "%s/locks", storage);
-    DIR *d = opendir(locks);
-    int moved = 0;
-    for (struct dirent *e; d && (e = readdir(d));)
-        moved += strstr(e->d_name, ".tmp") != NULL;
-    CHECK(d && moved == 0);
-    if (d)
-        closedir(d);
     CHECK(acme_lock(storage, "alpha.test", 600) == 0);
     /* Taken over by another instance while this holder stalled: unlocking leaves it theirs. */
-    f = fopen(path, "w");
+    FILE *f = fopen(path, "w");
     CHECK(f && fputs("1 otherhost 1 1796406313\n", f) >= 0 && fclose(f) == 0);
     acme_unlock(storage, "alpha.test");
     CHECK(access(path, F_OK) == 0);
