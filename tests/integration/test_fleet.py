@@ -894,10 +894,14 @@ class Fleet(unittest.TestCase):
         self.assertEqual(validations_answered(log_a), [])
         self.assertNotIn("ordering", log_b)
         # They came from pebble through the balancer: b logs the validator's own address (from
-        # HAProxy's PROXY header) on each of those connections.
-        self.assertEqual(len(re.findall(rf"conn listener=https client={re.escape(CA_SRC)}:\d+ .*"
-                                        rf'detail="acme tls-alpn-01 validation"', log_b)),
-                         len(answered))
+        # HAProxy's PROXY header) on each of those connections -- in the line a connection logs
+        # when it closes, which may come after the certificate was issued.
+        conn_lines = lambda: re.findall(rf"conn listener=https client={re.escape(CA_SRC)}:\d+ .*"
+                                        rf'detail="acme tls-alpn-01 validation"',
+                                        b.proc.log()[mark_b:])
+        wait_until("b's log line of each validation connection",
+                   lambda: len(conn_lines()) >= len(answered), 10)
+        self.assertEqual(len(conn_lines()), len(answered))
         # b's turn in the rolling reload: it serves what a stored, and orders nothing.
         b.set_acme(doms)
         b.reload()
@@ -917,9 +921,12 @@ class Fleet(unittest.TestCase):
             b.reload()
             b.proc.wait_log(rf"acme: {re.escape(new)}: certificate issued", timeout=60)
             log_a, log_b = a.proc.log()[mark_a:], b.proc.log()[mark_b:]
-        answers = re.findall(rf"conn listener=http client={re.escape(CA_SRC)}:\d+ .*"
-                             rf'detail="http acme-challenge (\d+)"', log_a)
-        self.assertEqual(answers, ["200"] * self.pebble.validations(ca_mark))
+        # Each connection's line comes when it closes, which may be after the issue.
+        answers = lambda: re.findall(rf"conn listener=http client={re.escape(CA_SRC)}:\d+ .*"
+                                     rf'detail="http acme-challenge (\d+)"', a.proc.log()[mark_a:])
+        wait_until("a's log line of each validation connection",
+                   lambda: len(answers()) >= self.pebble.validations(ca_mark), 10)
+        self.assertEqual(answers(), ["200"] * self.pebble.validations(ca_mark))
         self.assertNotIn("acme-challenge", log_b)
         self.assertNotIn("ordering", log_a)
         a.set_acme(doms, "http-01")
