@@ -131,12 +131,14 @@ int acme_ari_window(const char *json, size_t len, time_t *start, time_t *end);
  * new one, never a part. MODE is the new file's. */
 int acme_write_file(const char *path, const void *data, size_t len, int mode);
 int acme_mkdirs(const char *path, int mode);
-/* An exclusive lock STORAGE/locks/NAME.lock, taken over when older than STALE seconds (its
- * holder died). Returns 0 when taken, -EBUSY when another holds it, or -errno. */
+/* An exclusive lock STORAGE/locks/NAME.lock, between threads and instances sharing STORAGE:
+ * the file, held open under an fcntl OFD lock. One left by a holder that died is taken over
+ * once it is STALE seconds old. Returns the lock (an fd >= 0) for acme_unlock, -EBUSY when
+ * another holds it, or -errno. */
 int acme_lock(const char *storage, const char *name, long stale);
-/* Removes the lock when this thread holds it; one taken over by another (this holder stalled
- * past STALE) stays theirs. */
-void acme_unlock(const char *storage, const char *name);
+/* Releases LOCK (acme_lock's answer for NAME): removes the file when its body is still this
+ * thread's (a host that cannot see our kernel lock may have taken it over), then closes. */
+void acme_unlock(const char *storage, const char *name, int lock);
 /* Takes one new order from the budget that every instance sharing STORAGE with the same
  * PER_WINDOW and WINDOW_S draws from (the CA counts the orders of the account they share).
  * Its state lives in STORAGE/pace-PER_WINDOW-WINDOW_S, read and rewritten in place under an

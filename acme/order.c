@@ -326,7 +326,7 @@ static int retire_key(struct acme_client *c, struct acme_result *res)
 }
 
 /* One registration at a time per storage (threads and instances sharing it): the first makes
- * the account, the others then read it from account.json. */
+ * the account, the others then read it from account.json. Returns the lock (acme_lock's). */
 static int account_lock(struct acme_client *c, struct acme_result *res)
 {
     for (int i = 0; i < ACCOUNT_LOCK_WAIT * 10; i++) {
@@ -351,9 +351,9 @@ static int ensure_account(struct acme_client *c, struct acme_result *res)
         return -EIO;
     if (saved_account(c))
         return 0;
-    int rc = account_lock(c, res);
-    if (rc < 0)
-        return rc;
+    int lock = account_lock(c, res), rc;
+    if (lock < 0)
+        return lock;
     /* Another may have registered, or put the key aside, while we waited: read both again. */
     EVP_PKEY_free(c->key);
     c->key = NULL;
@@ -365,7 +365,7 @@ static int ensure_account(struct acme_client *c, struct acme_result *res)
             rc = register_account(c, res);
         }
     }
-    acme_unlock(c->s->storage, ACCOUNT_LOCK);
+    acme_unlock(c->s->storage, ACCOUNT_LOCK, lock);
     return c->kid ? 0 : rc < 0 ? rc : -ENOMEM;
 }
 

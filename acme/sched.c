@@ -358,7 +358,7 @@ static void process(struct acme *m, struct acme_client *client, struct dom *d, t
         d->next = paused;
         return;
     }
-    int rc = acme_lock(m->s->storage, d->name, LOCK_STALE);
+    int lock = acme_lock(m->s->storage, d->name, LOCK_STALE), rc = lock;
     if (rc == -EBUSY) {
         acme_status_write(m->s->storage, d->name, "pending: another instance orders it");
         d->next = now + LOCK_BUSY_RETRY;
@@ -413,7 +413,7 @@ static void process(struct acme *m, struct acme_client *client, struct dom *d, t
         }
     }
     X509_free(cert);
-    acme_unlock(m->s->storage, d->name);
+    acme_unlock(m->s->storage, d->name, lock);
 }
 
 /* Under lock: a due domain no thread is on, round robin from the last one taken; NULL when none

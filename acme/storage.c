@@ -86,6 +86,11 @@ static int lock_owner(char *out, size_t cap)
     return snprintf(out, cap, "%ld %s %ld", (long)getpid(), host, (long)gettid());
 }
 
+/* The holder keeps the lock file open with an fcntl OFD lock on it for as long as it holds it,
+ * so the kernel (and NFS's lock manager) knows a live holder from a dead one: two takers of a
+ * stale lock cannot both get it, and a holder that stalls past the staleness keeps it. The body
+ * (holder, time) still counts for STALE seconds, for a file system whose locks do not reach the
+ * other hosts; a crashed holder's lock file stays until then, as before. */
 int acme_lock(const char *storage, const char *name, long stale)
 {
     char dir[PATH_MAX], path[PATH_MAX + 300], body[128];
@@ -94,49 +99,61 @@ int acme_lock(const char *storage, const char *name, long stale)
     if (rc < 0)
         return rc;
     snprintf(path, sizeof path, "%s/%s.lock", dir, name);
-    for (int attempt = 0; attempt < 2; attempt++) {
-        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd >= 0) {
-            int n = lock_owner(body, sizeof body);
-            n += snprintf(body + n, sizeof body - (size_t)n, " %ld\n", (long)time(NULL));
-            /* A full disk shows here first: say so (ENOSPC), not just "I/O error". */
-            ssize_t w = write(fd, body, (size_t)n);
-            rc = w == n ? 0 : w < 0 ? -errno : -EIO;
-            if (close(fd) < 0 && rc == 0)
-                rc = -errno;
-            if (rc < 0)
-                unlink(path);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return -errno;
+        struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+        if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+            rc = errno == EAGAIN || errno == EACCES ? -EBUSY : -errno;
+            close(fd);
+            return rc;                    /* a live holder */
+        }
+        /* A holder that released between our open and our lock removed the file we locked:
+         * PATH is then another file or none. */
+        struct stat mine, there;
+        if (fstat(fd, &mine) < 0 || stat(path, &there) < 0 || mine.st_ino != there.st_ino ||
+            mine.st_dev != there.st_dev) {
+            close(fd);
+            continue;
+        }
+        if (mine.st_size > 0 && time(NULL) - mine.st_mtime < stale) {
+            close(fd);
+            return -EBUSY;                /* a recent holder that died, or one on another host */
+        }
+        int n = lock_owner(body, sizeof body);
+        n += snprintf(body + n, sizeof body - (size_t)n, " %ld\n", (long)time(NULL));
+        /* A full disk shows here first: say so (ENOSPC), not just "I/O error". */
+        ssize_t w = ftruncate(fd, 0) < 0 ? -1 : pwrite(fd, body, (size_t)n, 0);
+        rc = w == n ? 0 : w < 0 ? -errno : -EIO;
+        if (rc < 0) {
+            unlink(path);
+            close(fd);
             return rc;
         }
-        if (errno != EEXIST)
-            return -errno;
-        struct stat st;
-        if (stat(path, &st) < 0)
-            continue;                     /* released meanwhile: try again */
-        if (time(NULL) - st.st_mtime < stale)
-            return -EBUSY;
-        /* The holder died (or its host did): rename() lets one taker win, not two. */
-        char taken[PATH_MAX + 340];
-        tmp_name(taken, sizeof taken, path);
-        if (rename(path, taken) == 0)
-            unlink(taken);
+        return fd;
     }
     return -EBUSY;
 }
 
-void acme_unlock(const char *storage, const char *name)
+void acme_unlock(const char *storage, const char *name, int lock)
 {
     char path[PATH_MAX + 300], owner[128], body[160];
+    if (lock < 0)
+        return;
     snprintf(path, sizeof path, "%s/locks/%s.lock", storage, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    ssize_t n = read(fd, body, sizeof body - 1);
-    close(fd);
-    size_t len = (size_t)lock_owner(owner, sizeof owner);
-    /* "OWNER TIME\n": ours, or taken over by another while we were stalled (theirs stays). */
-    if (n > (ssize_t)len && memcmp(body, owner, len) == 0 && body[len] == ' ')
-        unlink(path);
+    if (fd >= 0) {
+        ssize_t n = read(fd, body, sizeof body - 1);
+        close(fd);
+        size_t len = (size_t)lock_owner(owner, sizeof owner);
+        /* "OWNER TIME\n": ours, or taken over by a host that does not see our kernel lock while
+         * we were stalled (theirs stays). Removed before our kernel lock goes, so a waiting
+         * taker never finds our file unlocked and empty. */
+        if (n > (ssize_t)len && memcmp(body, owner, len) == 0 && body[len] == ' ')
+            unlink(path);
+    }
+    close(lock);
 }
 
 #define PACE_LOCK_TRIES 100 /* 10 ms apart: a second */

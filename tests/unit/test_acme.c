@@ -4,6 +4,7 @@
  * means here: every prefix of a good input, in a buffer of exactly its size (ASan sees any
  * read past it), must be refused or read the same, never crash. */
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -290,41 +291,71 @@ static void test_challenges(void)
     EVP_PKEY_free(k);
 }
 
-static void *unlock_alpha(void *storage)
+static void *lock_alpha(void *storage)
 {
-    acme_unlock(storage, "alpha.test");
-    return NULL;
+    return (void *)(intptr_t)acme_lock(storage, "alpha.test", 600);
+}
+
+static void write_lock_body(const char *path, long at)
+{
+    FILE *f = fopen(path, "w");
+    CHECK(f && fprintf(f, "1 otherhost 1 %ld\n", at) > 0 && fclose(f) == 0);
 }
 
 static void test_storage(void)
 {
-    char storage[128], path[256];
+    char storage[128], path[256], body[160] = "", owner[64];
+    FILE *f;
+    void *got;
+    pthread_t th;
     snprintf(storage, sizeof storage, "%s/store", tmp);
-    CHECK(acme_lock(storage, "alpha.test", 600) == 0);
-    CHECK(acme_lock(storage, "alpha.test", 600) == -EBUSY);
-    CHECK(acme_lock(storage, "beta.test", 600) == 0);
-    /* A lock whose holder stopped touching it ten minutes ago is taken over. */
     snprintf(path, sizeof path, "%s/locks/alpha.test.lock", storage);
     struct utimbuf old = { time(NULL) - 700, time(NULL) - 700 };
+
+    int a = acme_lock(storage, "alpha.test", 600), b;
+    CHECK(a >= 0);
+    CHECK(acme_lock(storage, "alpha.test", 600) == -EBUSY);
+    /* Each order thread holds its own: another thread of this process finds it taken. */
+    CHECK(pthread_create(&th, NULL, lock_alpha, storage) == 0 && pthread_join(th, &got) == 0);
+    CHECK((intptr_t)got == -EBUSY);
+    CHECK((b = acme_lock(storage, "beta.test", 600)) >= 0);
+    /* The body names this process and thread. */
+    f = fopen(path, "r");
+    CHECK(f && fgets(body, sizeof body, f) && fclose(f) == 0);
+    snprintf(owner, sizeof owner, "%ld ", (long)getpid());
+    CHECK(strncmp(body, owner, strlen(owner)) == 0);
+    /* A holder that stalls past the staleness keeps its lock: its kernel lock says it lives
+     * (with lock files alone, a second instance would have taken it over here). */
     CHECK(utime(path, &old) == 0);
-    CHECK(acme_lock(storage, "alpha.test", 600) == 0);
-    acme_unlock(storage, "alpha.test");
-    acme_unlock(storage, "beta.test");
-    CHECK(acme_lock(storage, "alpha.test", 600) == 0);
-    /* Taken over by another instance while this holder stalled: unlocking leaves it theirs. */
-    FILE *f = fopen(path, "w");
-    CHECK(f && fputs("1 otherhost 1 1796406313\n", f) >= 0 && fclose(f) == 0);
-    acme_unlock(storage, "alpha.test");
+    CHECK(acme_lock(storage, "alpha.test", 600) == -EBUSY);
+    acme_unlock(storage, "alpha.test", a);
+    CHECK(access(path, F_OK) != 0);
+    acme_unlock(storage, "beta.test", b);
+
+    /* A holder that died leaves its file and no kernel lock: the file counts while it is
+     * recent (its host may not share our locks), and is taken over once it is STALE old. */
+    write_lock_body(path, (long)time(NULL));
+    CHECK(acme_lock(storage, "alpha.test", 600) == -EBUSY);
+    CHECK(utime(path, &old) == 0);
+    CHECK((a = acme_lock(storage, "alpha.test", 600)) >= 0);
+    f = fopen(path, "r");
+    CHECK(f && fgets(body, sizeof body, f) && fclose(f) == 0);
+    CHECK(strncmp(body, owner, strlen(owner)) == 0);
+    /* Taken over by a host that does not see our kernel lock while this holder stalled:
+     * unlocking leaves it theirs. */
+    write_lock_body(path, (long)time(NULL));
+    acme_unlock(storage, "alpha.test", a);
     CHECK(access(path, F_OK) == 0);
     CHECK(acme_lock(storage, "alpha.test", 600) == -EBUSY);
     CHECK(unlink(path) == 0);
-    /* Nor is another thread's lock of this process (each order thread holds its own). */
-    CHECK(acme_lock(storage, "alpha.test", 600) == 0);
-    pthread_t th;
-    CHECK(pthread_create(&th, NULL, unlock_alpha, storage) == 0 && pthread_join(th, NULL) == 0);
-    CHECK(access(path, F_OK) == 0);
-    acme_unlock(storage, "alpha.test");
+    /* An empty file (a taker between its open and its lock, or a crash before the body was
+     * written) is no holder. */
+    f = fopen(path, "w");
+    CHECK(f && fclose(f) == 0);
+    CHECK((a = acme_lock(storage, "alpha.test", 600)) >= 0);
+    acme_unlock(storage, "alpha.test", a);
     CHECK(access(path, F_OK) != 0);
+    acme_unlock(storage, "alpha.test", -EBUSY);   /* a failed lock: nothing to release */
 
     /* A pair: the link swapped, the old archive folder gone, the key 0600. */
     EVP_PKEY *k = EVP_EC_gen("P-256");
