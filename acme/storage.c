@@ -104,7 +104,9 @@ int acme_lock(const char *storage, const char *name, long stale)
         if (fd < 0)
             return -errno;
         struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
-        if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+        /* NFSv3 without its lock manager has no locks at all (ENOLCK): the body alone decides
+         * there, as on any file system whose locks do not reach the other hosts. */
+        if (fcntl(fd, F_OFD_SETLK, &fl) < 0 && errno != ENOLCK) {
             rc = errno == EAGAIN || errno == EACCES ? -EBUSY : -errno;
             close(fd);
             return rc;                    /* a live holder */
@@ -112,7 +114,13 @@ int acme_lock(const char *storage, const char *name, long stale)
         /* A holder that released between our open and our lock removed the file we locked:
          * PATH is then another file or none. */
         struct stat mine, there;
-        if (fstat(fd, &mine) < 0 || stat(path, &there) < 0 || mine.st_ino != there.st_ino ||
+        bool gone = false;
+        if (fstat(fd, &mine) < 0 || (stat(path, &there) < 0 && !(gone = errno == ENOENT))) {
+            rc = -errno;
+            close(fd);
+            return rc;
+        }
+        if (gone || mine.st_nlink == 0 || mine.st_ino != there.st_ino ||
             mine.st_dev != there.st_dev) {
             close(fd);
             continue;
@@ -126,6 +134,10 @@ int acme_lock(const char *storage, const char *name, long stale)
         /* A full disk shows here first: say so (ENOSPC), not just "I/O error". */
         ssize_t w = ftruncate(fd, 0) < 0 ? -1 : pwrite(fd, body, (size_t)n, 0);
         rc = w == n ? 0 : w < 0 ? -errno : -EIO;
+        /* On NFS the body would otherwise wait in this host's cache while the others read
+         * an empty file; and a full disk may only show here. */
+        if (rc == 0 && fsync(fd) < 0)
+            rc = -errno;
         if (rc < 0) {
             unlink(path);
             close(fd);
